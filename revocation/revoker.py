@@ -1,0 +1,163 @@
+"""The admin API: ``revoke(...)`` commits a revocation to the store.
+
+It never publishes: the worker relays what the store committed, so a
+revocation cannot be announced without being durable first.
+
+``not_before`` (for ``user_id=`` and ``everyone=True``) and ``revoked_at`` are
+read from the Redis server's clock (TIME), the one clock every admin host
+shares. Tokens carry ``iat`` from the issuing host's clock, so skew between
+that host and the Redis server shifts the cut-off by the skew: an issuer
+running *behind* Redis by d seconds mints tokens that look issued before a
+revocation made up to d seconds earlier (they are rejected until the clock
+catches up); an issuer *ahead* by d lets tokens it issued up to d seconds
+before the revocation through. Keep the hosts on NTP (typical skew: ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from .connections import sync_client
+from .errors import StoreUnavailable
+from .events import EVERYONE, Kind, Revocation, record_body
+from .settings import Settings
+from .store import Store, commit_args
+from .tokens import TokenVerifier
+
+
+class Revoker:
+    """Commits revocations. Thread-safe; use one per process.
+
+    ``revoke()`` returns only once the revocation is committed to the store.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._store = Store(sync_client(settings, "admin"), settings.namespace)
+        self._verifier: TokenVerifier | None = None
+
+    def __enter__(self) -> Revoker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connections."""
+        self._store.client.close()
+
+    def revoke(
+        self,
+        *,
+        token: str | None = None,
+        jti: str | None = None,
+        session_handle: str | None = None,
+        user_id: str | None = None,
+        everyone: bool = False,
+        reason: str | None = None,
+    ) -> Revocation:
+        """Revoke exactly one target and return the committed record.
+
+        - ``token``: that token (its signature is verified, its expiry is not);
+        - ``jti``: the token with that id;
+        - ``session_handle``: every token of the session;
+        - ``user_id``: every token of the user issued before now;
+        - ``everyone=True``: every token issued before now.
+
+        Raises:
+            ValueError: not exactly one target, or an empty one.
+            InvalidToken: ``token`` is not a token signed by a known key.
+            StoreUnavailable: the store could not commit it (nothing was revoked).
+        """
+        kind, subject, exp = self._target(token, jti, session_handle, user_id, everyone)
+        try:
+            revoked_at = self._store.time()
+            return self._store.commit(self._args(kind, subject, exp, revoked_at, reason))
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"revocation not committed: {exc}") from exc
+
+    async def arevoke(
+        self,
+        *,
+        token: str | None = None,
+        jti: str | None = None,
+        session_handle: str | None = None,
+        user_id: str | None = None,
+        everyone: bool = False,
+        reason: str | None = None,
+    ) -> Revocation:
+        """:meth:`revoke` for asyncio code (the commit runs on a worker thread)."""
+        return await asyncio.to_thread(
+            self.revoke,
+            token=token,
+            jti=jti,
+            session_handle=session_handle,
+            user_id=user_id,
+            everyone=everyone,
+            reason=reason,
+        )
+
+    def _target(
+        self,
+        token: str | None,
+        jti: str | None,
+        session_handle: str | None,
+        user_id: str | None,
+        everyone: bool,
+    ) -> tuple[Kind, str, float | None]:
+        given = [
+            name
+            for name, value in (
+                ("token", token),
+                ("jti", jti),
+                ("session_handle", session_handle),
+                ("user_id", user_id),
+            )
+            if value is not None
+        ] + (["everyone"] if everyone else [])
+        if len(given) != 1:
+            raise ValueError(
+                "revoke() takes exactly one target: token=, jti=, session_handle=, user_id= "
+                f"or everyone=True (got {', '.join(given) or 'none'})"
+            )
+        if everyone:
+            return "all", EVERYONE, None
+        value = token if token is not None else jti or session_handle or user_id
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{given[0]} must be a non-empty string")
+        if token is not None:
+            if self._verifier is None:
+                self._verifier = TokenVerifier(self._settings)
+            session = self._verifier.verify(token, verify_exp=False)
+            return "token", session.jti, session.expires_at
+        if jti is not None:
+            return "token", jti, None
+        if session_handle is not None:
+            return "session", session_handle, None
+        return "user", value, None
+
+    def _args(
+        self, kind: Kind, subject: str, exp: float | None, revoked_at: float, reason: str | None
+    ) -> list[Any]:
+        expires_at = exp if exp is not None else revoked_at + self._settings.access_token_ttl
+        not_before = revoked_at if kind in ("user", "all") else None
+        body = record_body(
+            kind=kind,
+            subject=subject,
+            revoked_at=revoked_at,
+            expires_at=expires_at,
+            not_before=not_before,
+            reason=reason,
+        )
+        return commit_args(
+            kind=kind, subject=subject, body=body, expires_at=expires_at, not_before=not_before
+        )

@@ -1,0 +1,277 @@
+"""The durable source of truth: revocation records in Redis.
+
+Keys (all in one hash slot, ``{namespace}``, so scripts work on Redis Cluster):
+
+=====================  =====================================================
+``{ns}:seq``           the committed head: last allocated ``seq`` (INCR)
+``{ns}:log``           zset, score ``seq``: every live record (outbox + history)
+``{ns}:log_exp``       zset ``seq`` -> ``expires_at``, for the purge
+``{ns}:records``       hash ``kind:subject`` -> the dominant record, for point checks
+``{ns}:rank``          hash ``kind:subject`` -> what makes a record dominant
+``{ns}:rec_exp``       zset ``kind:subject`` -> ``expires_at``, for the purge
+``{ns}:wake``          list of at most one item: wakes a worker blocked in BLPOP
+``{ns}:relayed``       highest ``seq`` some worker has published
+=====================  =====================================================
+
+A commit is one Lua script: INCR the head, add the record to the log and the
+records hash, wake a worker. The record's JSON is built in Python (exact
+floats); the script only splices its integer ``seq`` in front.
+
+Async callers (``averify``, ``arevoke``) run these same calls on a thread
+pool: one implementation, no connections bound to an event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .events import Kind, Revocation, parse_records
+from .tokens import Session
+
+_COMMIT = """
+local seq = redis.call('INCR', KEYS[1])
+local record = '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2)
+redis.call('ZADD', KEYS[2], seq, record)
+redis.call('ZADD', KEYS[3], ARGV[3], seq)
+local rank = redis.call('HGET', KEYS[5], ARGV[1])
+if (not rank) or tonumber(ARGV[4]) >= tonumber(rank) then
+  redis.call('HSET', KEYS[4], ARGV[1], record)
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
+end
+redis.call('ZADD', KEYS[6], 'GT', ARGV[3], ARGV[1])
+redis.call('LPUSH', KEYS[7], seq)
+redis.call('LTRIM', KEYS[7], 0, 0)
+return record
+"""
+
+_PURGE = """
+local seqs = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, s in ipairs(seqs) do
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], s, s)
+end
+if #seqs > 0 then redis.call('ZREM', KEYS[2], unpack(seqs)) end
+local fields = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #fields > 0 then
+  redis.call('HDEL', KEYS[3], unpack(fields))
+  redis.call('HDEL', KEYS[4], unpack(fields))
+  redis.call('ZREM', KEYS[5], unpack(fields))
+end
+return {#seqs, #fields}
+"""
+
+# Returns {head, relayed, skipped, records...}. A backlog longer than ARGV[2]
+# is skipped, not relayed: clients see the head in the next heartbeat and
+# catch up from the store, which is faster than replaying it on the channel.
+_PENDING = """
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local relayed = tonumber(redis.call('GET', KEYS[3]) or '0')
+local skipped = 0
+if head - relayed > tonumber(ARGV[2]) then
+  skipped = head - tonumber(ARGV[1]) - relayed
+  relayed = head - tonumber(ARGV[1])
+  redis.call('SET', KEYS[3], relayed)
+end
+local records = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. relayed, head, 'LIMIT', 0, ARGV[1])
+table.insert(records, 1, skipped)
+table.insert(records, 1, relayed)
+table.insert(records, 1, head)
+return records
+"""
+
+_ADVANCE = """
+local relayed = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > relayed then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+SINCE_PAGE = 10_000
+PURGE_BATCH = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The key and channel names of one deployment."""
+
+    seq: str
+    log: str
+    log_exp: str
+    records: str
+    rank: str
+    rec_exp: str
+    wake: str
+    relayed: str
+    channel: str
+
+    @property
+    def commit_keys(self) -> list[str]:
+        """KEYS of the commit script."""
+        return [self.seq, self.log, self.log_exp, self.records, self.rank, self.rec_exp, self.wake]
+
+    @classmethod
+    def for_namespace(cls, namespace: str) -> Keys:
+        tag = "{" + namespace + "}"
+        return cls(
+            seq=f"{tag}:seq",
+            log=f"{tag}:log",
+            log_exp=f"{tag}:log_exp",
+            records=f"{tag}:records",
+            rank=f"{tag}:rank",
+            rec_exp=f"{tag}:rec_exp",
+            wake=f"{tag}:wake",
+            relayed=f"{tag}:relayed",
+            channel=f"{tag}:events",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What a worker has to relay: ``records`` after ``relayed``, up to ``head``."""
+
+    head: int
+    relayed: int
+    skipped: int
+    records: list[bytes]
+
+
+def server_time(reply: Sequence[Any]) -> float:
+    """Unix time from a Redis TIME reply."""
+    return int(reply[0]) + int(reply[1]) / 1_000_000
+
+
+def commit_args(
+    *, kind: Kind, subject: str, body: bytes, expires_at: float, not_before: float | None
+) -> list[Any]:
+    """ARGV of the commit script. A record outranks an older one of the same
+    target when it revokes more: a later ``not_before``, or a later expiry."""
+    rank = not_before if not_before is not None else expires_at
+    return [f"{kind}:{subject}", body, repr(expires_at), repr(rank)]
+
+
+def point_fields(session: Session) -> list[str]:
+    """The records-hash fields that could revoke ``session``."""
+    fields = [f"token:{session.jti}", f"user:{session.user_id}", "all:*"]
+    if session.session_handle is not None:
+        fields.append(f"session:{session.session_handle}")
+    return fields
+
+
+def first_match(
+    raw: Sequence[bytes | None], session: Session, now: float, leeway: float
+) -> Revocation | None:
+    """The record among ``raw`` (an HMGET reply) that revokes ``session``."""
+    for revocation in parse_records([r for r in raw if r is not None]):
+        if now < revocation.expires_at + leeway and revocation.matches(session):
+            return revocation
+    return None
+
+
+def _pending(reply: list[Any]) -> Pending:
+    return Pending(int(reply[0]), int(reply[1]), int(reply[2]), list(reply[3:]))
+
+
+class Store:
+    """Synchronous access to the store. Thread-safe (redis-py's pool is)."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        # Replies are typed loosely by redis-py; `_redis` narrows them to Any.
+        self._redis: Any = client
+        self.client = client
+        self.keys = Keys.for_namespace(namespace)
+        self._commit = client.register_script(_COMMIT)
+        self._purge = client.register_script(_PURGE)
+        self._pending = client.register_script(_PENDING)
+        self._advance = client.register_script(_ADVANCE)
+
+    def time(self) -> float:
+        """The Redis server's clock, the one clock all revocations are dated by."""
+        return server_time(self._redis.time())
+
+    def commit(self, args: list[Any]) -> Revocation:
+        """Commit one record (see :func:`commit_args`); returns it with its seq."""
+        record = self._commit(keys=self.keys.commit_keys, args=args)
+        return parse_records([record])[0]
+
+    def head(self) -> int:
+        """The committed head."""
+        return int(self._redis.get(self.keys.seq) or 0)
+
+    def since(self, seq: int, *, page: int = SINCE_PAGE) -> tuple[int, list[Revocation]]:
+        """``(head, records)``: every live record with ``seq`` in ``(seq, head]``.
+
+        Not one atomic read, and need not be: the head is read first, and every
+        record up to it was already in the log when it was (INCR and ZADD are
+        one script); only the purge removes records, and only expired ones.
+        """
+        head = self.head()
+        records: list[bytes] = []
+        cursor = seq
+        while cursor < head:
+            chunk = self._redis.zrangebyscore(
+                self.keys.log, f"({cursor}", head, start=0, num=page, withscores=True
+            )
+            records.extend(member for member, _ in chunk)
+            if len(chunk) < page:
+                break
+            cursor = int(chunk[-1][1])
+        return head, parse_records(records)
+
+    def check(self, session: Session, now: float, leeway: float) -> Revocation | None:
+        """The point check: the record that revokes ``session``, if any."""
+        return first_match(
+            self._redis.hmget(self.keys.records, point_fields(session)), session, now, leeway
+        )
+
+    def purge(self, now: float) -> tuple[int, int]:
+        """Delete records that expired before ``now``: ``(log entries, records)``."""
+        k = self.keys
+        total_log = total_records = 0
+        while True:
+            log, records = self._purge(
+                keys=[k.log, k.log_exp, k.records, k.rank, k.rec_exp], args=[repr(now), PURGE_BATCH]
+            )
+            total_log += int(log)
+            total_records += int(records)
+            if log < PURGE_BATCH and records < PURGE_BATCH:
+                return total_log, total_records
+
+    def pending(self, batch: int, max_backlog: int) -> Pending:
+        """Records committed but not yet relayed, oldest first, at most ``batch``."""
+        k = self.keys
+        reply = self._pending(keys=[k.seq, k.log, k.relayed], args=[batch, max_backlog])
+        return _pending(reply)
+
+    def advance(self, relayed: int, *, pipe: redis.client.Pipeline | None = None) -> None:
+        """Record that everything up to ``relayed`` was published (never moves back).
+
+        With ``pipe``, the call is queued on that pipeline instead.
+        """
+        self._advance(keys=[self.keys.relayed], args=[relayed], client=pipe)
+
+    def wait_for_commit(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a commit; True if one woke us."""
+        return self._redis.blpop([self.keys.wake], timeout=timeout) is not None
+
+    def counts(self) -> dict[str, int]:
+        """Live records by kind, log length, head and relayed cursor."""
+        k = self.keys
+        by_kind: dict[str, int] = {"token": 0, "session": 0, "user": 0, "all": 0}
+        # HSCAN NOVALUES needs Redis 7.4; the values come along and are dropped.
+        for field, _ in self._redis.hscan_iter(k.records, count=1000):
+            kind = field.decode().split(":", 1)[0]
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+        head, relayed, log = (
+            self._redis.pipeline(transaction=False).get(k.seq).get(k.relayed).zcard(k.log).execute()
+        )
+        return {
+            **by_kind,
+            "log": int(log),
+            "head": int(head or 0),
+            "relayed": int(relayed or 0),
+        }

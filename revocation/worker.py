@@ -1,0 +1,169 @@
+"""The publisher worker: relays the store's outbox to the channel.
+
+One loop, several of which may run at once against the same store:
+
+1. block on the wake list (a commit pushes to it) for at most the time left
+   until the next heartbeat;
+2. read what is pending after the shared ``relayed`` cursor, sign it, PUBLISH
+   it as one frame, advance the cursor (never backwards), and when due
+   PUBLISH a heartbeat with the head read in step 2;
+3. purge expired records about once a second.
+
+Each worker publishes in ``seq`` order, and every record up to the head in
+its heartbeat was published, by it or (the cursor says so) by another worker,
+before that heartbeat. Two workers that read the cursor at the same time both
+publish the same records: clients drop the duplicates. A worker killed between
+PUBLISH and advancing the cursor is repeated by the next one: at-least-once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from .connections import sync_client
+from .errors import ConfigError
+from .events import Codec, bus_key
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("revocation.worker")
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters since the worker started."""
+
+    relayed_events: int = 0
+    frames: int = 0
+    heartbeats: int = 0
+    skipped_events: int = 0
+    purged_log: int = 0
+    purged_records: int = 0
+    errors: int = 0
+
+
+def _seq_of(record: bytes) -> int:
+    # Records start with {"seq":N, as the commit script writes them.
+    return int(record[7 : record.index(b",")])
+
+
+class Publisher:
+    """Relays committed revocations, sends heartbeats, purges expired records.
+
+    ``run()`` blocks until ``stop()`` (thread-safe) is called.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        batch: int = 1000,
+        max_backlog: int = 100_000,
+        purge_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        worker_id: str | None = None,
+    ) -> None:
+        if settings.event_key is None and not settings.allow_unsigned_events:
+            raise ConfigError(
+                "the worker signs bus messages with event_key; set it "
+                "(or allow_unsigned_events=True to run without)",
+                field="event_key",
+            )
+        key = (
+            bus_key(settings.event_key.get_secret_value(), settings.namespace)
+            if settings.event_key is not None
+            else None
+        )
+        self._codec = Codec(key, require_signature=False)
+        self._settings = settings
+        self._client = sync_client(
+            settings, "worker", socket_timeout=settings.heartbeat_interval + 5.0
+        )
+        self.store = Store(self._client, settings.namespace)
+        self._batch = batch
+        self._max_backlog = max_backlog
+        self._purge_interval = purge_interval
+        self._clock = clock
+        self._stop = threading.Event()
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stats = WorkerStats()
+
+    def relay_once(self, *, heartbeat: bool) -> int:
+        """Publish what is pending (at most one batch); returns how many records."""
+        pending = self.store.pending(self._batch, self._max_backlog)
+        if pending.skipped:
+            self.stats.skipped_events += pending.skipped
+            log.warning(
+                "backlog of %d events skipped; clients catch up from the store",
+                pending.skipped,
+                extra={"skipped": pending.skipped, "head": pending.head},
+            )
+        pipe = self._client.pipeline(transaction=False)
+        channel = self.store.keys.channel
+        if pending.records:
+            pipe.publish(channel, self._codec.events(pending.records))
+        done = pending.head if len(pending.records) < self._batch else _seq_of(pending.records[-1])
+        if done > pending.relayed:
+            self.store.advance(done, pipe=pipe)
+        if heartbeat:
+            pipe.publish(channel, self._codec.heartbeat(pending.head, self._clock()))
+        if len(pipe):
+            pipe.execute()
+        if pending.records:
+            self.stats.frames += 1
+            self.stats.relayed_events += len(pending.records)
+        if heartbeat:
+            self.stats.heartbeats += 1
+        return len(pending.records)
+
+    def purge_once(self, now: float | None = None) -> tuple[int, int]:
+        """Purge records that no longer match any valid token."""
+        at = (self._clock() if now is None else now) - self._settings.leeway
+        log_entries, records = self.store.purge(at)
+        self.stats.purged_log += log_entries
+        self.stats.purged_records += records
+        return log_entries, records
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return (within about one heartbeat interval)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def run(self) -> None:
+        """Relay, heartbeat and purge until :meth:`stop`. Survives Redis outages."""
+        interval = self._settings.heartbeat_interval
+        next_heartbeat = next_purge = time.monotonic()
+        backoff = 0.05
+        log.info("worker %s relaying on %s", self.worker_id, self.store.keys.channel)
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                due = now >= next_heartbeat
+                relayed = self.relay_once(heartbeat=due)
+                if due:
+                    next_heartbeat = now + interval
+                if now >= next_purge:
+                    self.purge_once()
+                    next_purge = now + self._purge_interval
+                backoff = 0.05
+                if relayed < self._batch:
+                    wait = next_heartbeat - time.monotonic()
+                    if wait > 0.001:
+                        self.store.wait_for_commit(wait)
+            except redis.RedisError as exc:
+                self.stats.errors += 1
+                log.warning("store unavailable (%s); retrying in %.2fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+        log.info("worker %s stopped", self.worker_id)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+from revocation import ConfigError, RevocationClient, Settings
+
+KEY = "k" * 32
+
+
+def test_every_field_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REVOCATION_REDIS_URL", "redis://10.1.2.3:6380/2")
+    monkeypatch.setenv("REVOCATION_NAMESPACE", "prod")
+    monkeypatch.setenv("REVOCATION_SIGNING_KEY", KEY)
+    monkeypatch.setenv("REVOCATION_VERIFICATION_KEYS", '{"old": "' + "o" * 32 + '"}')
+    monkeypatch.setenv("REVOCATION_MAX_STALENESS", "3.5")
+    monkeypatch.setenv("REVOCATION_STALE_POLICY", "allow")
+    settings = Settings()
+    assert settings.redis_url == "redis://10.1.2.3:6380/2"
+    assert settings.namespace == "prod"
+    assert settings.signing_key is not None and settings.signing_key.get_secret_value() == KEY
+    assert settings.verification_keys["old"].get_secret_value() == "o" * 32
+    assert settings.max_staleness == 3.5
+    assert settings.stale_policy == "allow"
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = Settings()
+    assert (settings.namespace, settings.algorithm, settings.access_token_ttl) == (
+        "revocation",
+        "HS256",
+        900,
+    )
+    assert (settings.heartbeat_interval, settings.max_staleness) == (0.5, 2.0)
+    assert (settings.stale_policy, settings.fallback_timeout) == ("deny", 0.05)
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"stale_policy": "maybe"}, "stale_policy"),
+        ({"namespace": "has {braces}"}, "namespace"),
+        ({"redis_url": "http://x"}, "redis_url"),
+        ({"access_token_ttl": 0}, "access_token_ttl"),
+        ({"heartbeat_interval": 1.0, "max_staleness": 0.5}, "max_staleness"),
+        ({"signing_key": "short"}, "signing_key"),
+        ({"event_key": "short"}, "event_key"),
+        ({"algorithm": "none"}, "algorithm"),
+        ({"no_such_field": 1}, "no_such_field"),
+    ],
+)
+def test_bad_values_raise_config_error_naming_the_field(values: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings(**values)
+    assert caught.value.field == field
+    assert field in str(caught.value)
+    assert caught.value.code == "config_error"
+
+
+def test_secrets_never_appear_in_reprs_or_errors() -> None:
+    secret = "super-secret-value-" + "x" * 20
+    settings = Settings(signing_key=secret, event_key=secret)
+    assert secret not in repr(settings) and secret not in str(settings)
+    with pytest.raises(ConfigError) as caught:
+        Settings(signing_key=secret, stale_policy=secret)
+    assert secret not in str(caught.value)
+
+
+def test_settings_are_immutable() -> None:
+    settings = Settings()
+    with pytest.raises(Exception, match="frozen"):
+        settings.namespace = "other"  # type: ignore[misc]
+
+
+def test_a_client_refuses_to_start_without_an_event_key_unless_told() -> None:
+    with pytest.raises(ConfigError) as caught:
+        RevocationClient(Settings(signing_key=KEY))
+    assert caught.value.field == "event_key"
+    RevocationClient(Settings(signing_key=KEY, allow_unsigned_events=True)).close()

@@ -1,0 +1,1 @@
+"""Process entry points that wire objects from the ``revocation`` library."""
