@@ -7,6 +7,7 @@ from .client import RevocationClient, Status
 from .errors import (
     ConfigError,
     InvalidToken,
+    MissingToken,
     RevocationError,
     RevocationUnavailable,
     StoreUnavailable,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "InvalidToken",
+    "MissingToken",
     "Publisher",
     "Revocation",
     "RevocationClient",

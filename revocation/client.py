@@ -146,6 +146,11 @@ class RevocationClient:
         self._fallback_store: Store | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
+    @property
+    def settings(self) -> Settings:
+        """The settings this client was built with."""
+        return self._settings
+
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> RevocationClient:

@@ -6,6 +6,7 @@ their JSON error bodies::
 
     RevocationError
     ├── Unauthorised                (the request is not authenticated: HTTP 401)
+    │   ├── MissingToken            code "unauthorised"  (no token at all)
     │   ├── InvalidToken            code "invalid_token"
     │   ├── TryRefreshToken         code "try_refresh_token"  (expired)
     │   └── TokenRevoked            code "token_revoked"
@@ -28,6 +29,12 @@ class RevocationError(Exception):
 
 class Unauthorised(RevocationError):
     """The token does not authenticate the request (HTTP 401)."""
+
+    code = "unauthorised"
+
+
+class MissingToken(Unauthorised):
+    """The request carries no access token (neither header nor cookie)."""
 
     code = "unauthorised"
 

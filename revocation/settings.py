@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     event_key: SecretStr | None = Field(
         default=None, description="HMAC key that signs bus messages (at least 32 bytes)."
     )
+    cookie_name: str = Field(
+        default="access_token",
+        description="Cookie the framework integrations read the token from "
+        "(the Authorization header wins).",
+    )
     allow_unsigned_events: bool = Field(
         default=False, description="Let a client run without event_key (accepts unsigned events)."
     )
