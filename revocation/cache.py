@@ -43,6 +43,9 @@ class RevocationCache:
         """Every event with ``seq <= applied_seq`` is applied."""
         self.known_head = 0
         """The highest committed seq this cache has heard of (heartbeats, events)."""
+        self.generation = 0
+        """Grows after every change that can revoke more. A check made at
+        generation g (read before the check) still holds while it is g."""
 
     @property
     def size(self) -> int:
@@ -59,9 +62,10 @@ class RevocationCache:
         """True when nothing this cache has heard of is missing."""
         return self.applied_seq >= self.known_head
 
-    def check(self, session: Session) -> str | None:
-        """The kind of revocation that covers ``session``, or ``None``."""
-        now = self._clock()
+    def check(self, session: Session, now: float | None = None) -> str | None:
+        """The kind of revocation that covers ``session`` at ``now``, or ``None``."""
+        if now is None:
+            now = self._clock()
         until = self._tokens.get(session.jti)
         if until is not None and now < until:
             return "token"
@@ -149,6 +153,7 @@ class RevocationCache:
             else:
                 self._everyone = entry
         heapq.heappush(self._expiries, (until, kind, subject))
+        self.generation += 1
 
     def _drop_if_expired(self, kind: str, subject: str, now: float) -> int:
         if kind == "token":

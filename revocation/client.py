@@ -7,11 +7,15 @@ applied. Otherwise the client is *stale*: it asks the store (a point check,
 bounded by ``fallback_timeout``), asks its listener to resync, and when the
 store does not answer either, ``stale_policy`` decides.
 
-The listener is one daemon thread with one Redis connection of its own. It
-SUBSCRIBEs first and loads the snapshot after the subscription is confirmed,
-so no event can fall between the two; every (re)subscription is followed by a
-catch-up from the store, as is any gap in ``seq``; a silent connection (no
-heartbeat, no answer to PING) is dropped and reopened with backoff.
+A token seen before costs less still: the client remembers, per token, the
+cache generation at which it was last found unrevoked. The request path keeps
+a *window*: a generation and a time before which answers at that generation
+stand (the listener closes the window after every change, and it is at most
+0.5 ms long). Inside it, a repeated token costs one dict lookup and two
+comparisons besides its expiry check. Reopening the window drains events
+that have arrived on the listener's socket, so a process too busy to schedule
+the listener thread still applies revocations within about 0.5 ms of their
+arrival (see :mod:`revocation.listener`).
 
 Thread-safety: ``verify``, ``averify`` and ``status`` may be called from any
 thread; ``start`` and ``close`` from one at a time. After ``os.fork()`` a
@@ -24,31 +28,35 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import random
 import threading
 import time
 import weakref
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Any
 
 import redis
-import redis.asyncio
 
 from .cache import RevocationCache
-from .connections import options, sync_client
-from .errors import ConfigError, RevocationUnavailable, StoreUnavailable, TokenRevoked
-from .events import BadMessage, Codec, Events, Revocation, bus_key
+from .connections import sync_client
+from .errors import (
+    ConfigError,
+    RevocationUnavailable,
+    StoreUnavailable,
+    TokenRevoked,
+    TryRefreshToken,
+)
+from .events import Codec, Revocation, bus_key
+from .listener import Listener
+from .logs import ThrottledLogger
 from .settings import Settings
 from .store import Keys, Store
 from .tokens import Session, TokenVerifier
 
 log = logging.getLogger("revocation.client")
-SWEEP_INTERVAL = 1.0
-BACKOFF_FIRST = 0.05
-BACKOFF_MAX = 2.0
+DRAIN_INTERVAL = 0.0005
+"""Seconds between request-path drains of the listener's socket."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,27 +85,12 @@ class Status:
     """Bus messages dropped, by reason (``malformed``, ``bad_signature``...)."""
 
 
-class _Throttled:
-    """Logs one warning per ``key`` per ``every`` seconds, with a count of the rest."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self._every = every
-        self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def warning(self, key: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -self._every) < self._every:
-            self._suppressed[key] += 1
-            return
-        self._last[key] = now
-        more = self._suppressed.pop(key, 0)
-        suffix = f" ({more} more since the last report)" if more else ""
-        log.warning(message + suffix, *args, extra={"reason": key})
-
-
 class RevocationClient:
-    """Embedded in every app process; see the module docstring."""
+    """Embedded in every app process; see the module docstring.
+
+    ``on_applied(seq)``, if given, is called from whichever thread applied
+    events (usually the listener) with the new ``applied_seq``; keep it fast.
+    """
 
     def __init__(
         self,
@@ -105,6 +98,8 @@ class RevocationClient:
         *,
         clock: Callable[[], float] = time.time,
         verifier: TokenVerifier | None = None,
+        on_applied: Callable[[int], None] | None = None,
+        verified_cache_size: int = 10_000,
     ) -> None:
         if settings.event_key is None and not settings.allow_unsigned_events:
             raise ConfigError(
@@ -120,14 +115,19 @@ class RevocationClient:
         self._settings = settings
         self._codec = Codec(key, require_signature=key is not None)
         self._clock = clock
+        self._leeway = settings.leeway
         self._verifier = verifier or TokenVerifier(settings, clock=clock)
         self._cache = RevocationCache(leeway=settings.leeway, clock=clock)
-        self._max_staleness = settings.max_staleness
+        # token -> [session, generation it was last found unrevoked at (-1: never)]:
+        # one cache for both paths, so a first-seen token costs one insert either way.
+        self._verified: dict[str, list[Any]] = {}
+        self._verified_size = verified_cache_size
         self._channel = Keys.for_namespace(settings.namespace).channel
-        self._throttled = _Throttled()
-        self._changed = threading.Condition()
-        self._dropped: Counter[str] = Counter()
-        self._counts: Counter[str] = Counter()
+        self._on_applied = on_applied
+        self._throttled = ThrottledLogger(log)
+        self._counts: dict[str, int] = {"fallbacks": 0, "stale_denied": 0, "stale_allowed": 0}
+        self._listener_store = Store(sync_client(settings, "listener"), settings.namespace)
+        self._fallback_store = Store(sync_client(settings, "fallback"), settings.namespace)
         self._started = False
         self._forked = False
         self._init_process_state()
@@ -135,15 +135,23 @@ class RevocationClient:
         os.register_at_fork(after_in_child=lambda: _mark_forked(ref))
 
     def _init_process_state(self) -> None:
-        """Everything that belongs to one process: threads, sockets, flags."""
-        self._stop = threading.Event()
-        self._resync = threading.Event()
+        """Everything that belongs to one process: threads, locks, the listener."""
+        self._changed = threading.Condition()
+        self._listener = Listener(
+            self._settings,
+            self._cache,
+            self._codec,
+            self._listener_store,
+            self._channel,
+            clock=self._clock,
+            on_change=self._invalidate_window,
+            on_applied=self._on_applied,
+        )
         self._thread: threading.Thread | None = None
-        self._last_heartbeat: float | None = None
-        self._connected = False
+        self._next_drain = 0.0
+        self._window_until = 0.0
+        self._window_generation = -2
         self._store_down_until = 0.0
-        self._listener_store: Store | None = None
-        self._fallback_store: Store | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
@@ -155,18 +163,17 @@ class RevocationClient:
 
     def start(self) -> RevocationClient:
         """Start the listener thread (idempotent). Returns ``self``."""
+        if self._forked:
+            self._after_fork_in_child()
         if self._thread is not None and self._thread.is_alive():
             return self
         self._started = True
-        self._stop.clear()
-        settings = self._settings
-        self._listener_store = Store(sync_client(settings, "listener"), settings.namespace)
-        self._fallback_store = Store(sync_client(settings, "fallback"), settings.namespace)
+        self._listener.stop.clear()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="revocation-fallback"
         )
         self._thread = threading.Thread(
-            target=self._listen_forever, name="revocation-listener", daemon=True
+            target=self._listener.run_forever, name="revocation-listener", daemon=True
         )
         self._thread.start()
         return self
@@ -174,19 +181,18 @@ class RevocationClient:
     def close(self) -> None:
         """Stop the listener and release connections. The client is then stale."""
         self._started = False
-        self._stop.set()
+        self._listener.stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self._max_staleness + 5.0)
+            thread.join(timeout=self._settings.max_staleness + 5.0)
         self._thread = None
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
         for store in (self._listener_store, self._fallback_store):
-            if store is not None:
-                store.client.close()
-        self._last_heartbeat = None
-        self._connected = False
-        self._notify()
+            store.client.close()
+        self._listener.fresh_until = 0.0
+        self._invalidate_window()
 
     def __enter__(self) -> RevocationClient:
         return self.start()
@@ -205,44 +211,36 @@ class RevocationClient:
         self._forked = False
         was_started = self._started
         self._init_process_state()
-        self._changed = threading.Condition()
         if was_started:
             self.start()
 
     # -- state -------------------------------------------------------------
 
-    def _is_fresh(self) -> bool:
-        beat = self._last_heartbeat
-        return (
-            beat is not None
-            and time.monotonic() - beat < self._max_staleness
-            and self._cache.applied_seq >= self._cache.known_head
-            and not self._resync.is_set()
-        )
-
     def status(self) -> Status:
         """A snapshot of this client's state."""
         if self._forked:
             self._after_fork_in_child()
-        beat = self._last_heartbeat
+        listener = self._listener
+        beat = listener.last_heartbeat
         return Status(
-            fresh=self._is_fresh(),
+            fresh=listener.is_fresh(),
             applied_seq=self._cache.applied_seq,
             head_seq=self._cache.known_head,
             last_heartbeat_age=None if beat is None else time.monotonic() - beat,
             size=self._cache.size,
-            connected=self._connected,
+            connected=listener.connected,
             fallbacks=self._counts["fallbacks"],
             stale_denied=self._counts["stale_denied"],
             stale_allowed=self._counts["stale_allowed"],
-            reconnects=self._counts["reconnects"],
-            catch_ups=self._counts["catch_ups"],
-            dropped_messages=MappingProxyType(dict(self._dropped)),
+            reconnects=listener.counts["reconnects"],
+            catch_ups=listener.counts["catch_ups"],
+            dropped_messages=MappingProxyType(dict(listener.dropped)),
         )
 
     def wait_synced(self, timeout: float) -> bool:
         """Block until the client is fresh, at most ``timeout`` seconds."""
-        return self._wait(self._is_fresh, timeout)
+        # A lambda, not the bound method: after a fork _wait replaces the listener.
+        return self._wait(lambda: self._listener.is_fresh(), timeout)  # noqa: PLW0108
 
     def wait_applied(self, seq: int, timeout: float) -> bool:
         """Block until every revocation up to ``seq`` is applied here."""
@@ -279,12 +277,18 @@ class RevocationClient:
             TokenRevoked: a committed revocation covers the token.
             RevocationUnavailable: stale, the store did not answer, policy ``deny``.
         """
-        session = self._verifier.verify(token)
+        now = self._clock()
+        hit = self._verified.get(token)
+        if hit is not None and (
+            not check_database or (now < self._window_until and hit[1] == self._window_generation)
+        ):
+            if now >= hit[0].expires_at + self._leeway:
+                raise TryRefreshToken("token has expired")
+            return hit[0]  # type: ignore[no-any-return]
         if not check_database:
-            return session
-        if self._forked:
-            self._after_fork_in_child()
-        if self._answer_locally(session):
+            return self._remember(token, self._verifier.verify_fresh(token), -1)
+        session, answered = self._check_slow(token, hit, now)
+        if answered:
             return session
         try:
             found = self._check_store(session)
@@ -294,12 +298,16 @@ class RevocationClient:
 
     async def averify(self, token: str, *, check_database: bool = False) -> Session:
         """:meth:`verify` for asyncio code: the store fallback does not block the loop."""
-        session = self._verifier.verify(token)
         if not check_database:
-            return session
-        if self._forked:
-            self._after_fork_in_child()
-        if self._answer_locally(session):
+            return self.verify(token)
+        now = self._clock()
+        hit = self._verified.get(token)
+        if hit is not None and now < self._window_until and hit[1] == self._window_generation:
+            if now >= hit[0].expires_at + self._leeway:
+                raise TryRefreshToken("token has expired")
+            return hit[0]  # type: ignore[no-any-return]
+        session, answered = self._check_slow(token, hit, now)
+        if answered:
             return session
         try:
             found = await self._acheck_store(session)
@@ -307,17 +315,75 @@ class RevocationClient:
             return self._stale_policy(session, exc)
         return self._store_answer(session, found)
 
-    def _answer_locally(self, session: Session) -> bool:
-        """True when the local set answered (raises if revoked); False: ask the store."""
-        kind = self._cache.check(session)
+    def _invalidate_window(self) -> None:
+        """The listener changed something: no answer made before it stands."""
+        self._window_until = 0.0
+        self._notify()
+
+    def _open_window(self, now: float) -> int:
+        """Drain if due, and reopen the fast-path window when fresh.
+
+        Returns the cache generation the window vouches for. The window is
+        ``[now, min(fresh_until, next drain))`` at that generation; the
+        listener closes it (``_invalidate_window``) after every change, and
+        re-reading the generation after opening it closes the race with a
+        change made meanwhile.
+        """
+        listener = self._listener
+        if now >= self._next_drain:
+            self._next_drain = now + DRAIN_INTERVAL
+            listener.drain()
+        generation = self._cache.generation
+        fresh_until = listener.fresh_until
+        if now < fresh_until:
+            self._window_generation = generation
+            self._window_until = min(fresh_until, self._next_drain)
+            if self._cache.generation != generation:
+                self._window_until = 0.0
+        return generation
+
+    def _check_slow(self, token: str, hit: list[Any] | None, now: float) -> tuple[Session, bool]:
+        """A token not answered by the window: verify it and look it up.
+
+        ``hit`` is its entry in the verified-token cache, if any. Returns
+        ``(session, True)`` when answered here, ``(session, False)`` when the
+        store must be asked. Raises TokenRevoked when the local set covers it.
+        """
+        if hit is None:
+            session = self._verifier.verify_fresh(token)
+        else:  # its signature was verified already; only expiry and revocation can change
+            session = hit[0]
+            if now >= session.expires_at + self._leeway:
+                raise TryRefreshToken("token has expired")
+        if self._forked:
+            self._after_fork_in_child()
+        # The generation is read before the check it vouches for.
+        generation = (
+            self._window_generation if now < self._window_until else self._open_window(now)
+        )
+        kind = self._cache.check(session, now)
         if kind is not None:
             # A revocation once seen here is final, fresh or not.
             raise TokenRevoked(f"token revoked ({kind})", kind=kind)
-        if self._is_fresh():
-            return True
+        if now < self._listener.fresh_until:
+            if hit is None:
+                self._remember(token, session, generation)
+            else:
+                hit[1] = generation
+            return session, True
         if self._started:
-            self._resync.set()
-        return False
+            self._listener.resync.set()
+        return session, False
+
+    def _remember(self, token: str, session: Session, generation: int) -> Session:
+        verified = self._verified
+        if len(verified) >= self._verified_size:
+            # Drop the oldest half (insertion order); a racing thread at worst
+            # re-verifies a token.
+            for old in list(verified)[: self._verified_size // 2]:
+                verified.pop(old, None)
+        verified[token] = [session, generation]
+        return session
 
     def _store_answer(self, session: Session, found: Revocation | None) -> Session:
         self._counts["fallbacks"] += 1
@@ -344,11 +410,13 @@ class RevocationClient:
 
     def _submit_check(self, session: Session) -> concurrent.futures.Future[Revocation | None]:
         """The point check, on the fallback pool: the caller bounds the wait."""
-        store, executor = self._fallback_store, self._executor
-        if store is None or executor is None or self._store_is_down():
+        executor = self._executor
+        if executor is None or self._store_is_down():
             raise StoreUnavailable("store not reachable")
         try:
-            return executor.submit(store.check, session, self._clock(), self._settings.leeway)
+            return executor.submit(
+                self._fallback_store.check, session, self._clock(), self._settings.leeway
+            )
         except RuntimeError as exc:  # closed meanwhile
             raise StoreUnavailable("client closed") from exc
 
@@ -367,102 +435,6 @@ class RevocationClient:
         except (TimeoutError, redis.RedisError, OSError) as exc:
             self._mark_store_down()
             raise StoreUnavailable(f"store did not answer: {type(exc).__name__}") from exc
-
-    # -- the listener thread -----------------------------------------------
-
-    def _listen_forever(self) -> None:
-        backoff = BACKOFF_FIRST
-        while not self._stop.is_set():
-            pool = redis.ConnectionPool.from_url(
-                self._settings.redis_url, **options(self._settings, "listener")
-            )
-            connection: Any = pool.make_connection()
-            started = time.monotonic()
-            try:
-                connection.connect()
-                connection.send_command("SUBSCRIBE", self._channel)
-                self._listen(connection)
-            except (redis.RedisError, OSError, StoreUnavailable) as exc:
-                if not self._stop.is_set():
-                    self._counts["reconnects"] += 1
-                    self._throttled.warning("disconnected", "listener disconnected: %s", exc)
-            finally:
-                self._connected = False
-                self._last_heartbeat = None
-                connection.disconnect()
-                pool.disconnect()
-                self._notify()
-            if time.monotonic() - started > BACKOFF_MAX * 2:
-                backoff = BACKOFF_FIRST
-            self._stop.wait(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, BACKOFF_MAX)
-
-    def _listen(self, connection: Any) -> None:
-        settings = self._settings
-        silence_ping = settings.heartbeat_interval * 2
-        last_received = time.monotonic()
-        ping_sent = False
-        next_sweep = last_received + SWEEP_INTERVAL
-        while not self._stop.is_set():
-            if connection.can_read(timeout=0.05):
-                while True:
-                    self._handle(connection.read_response())
-                    if not connection.can_read(timeout=0):
-                        break
-                last_received = time.monotonic()
-                ping_sent = False
-            if self._resync.is_set() or not self._cache.complete:
-                self._catch_up()
-            now = time.monotonic()
-            if now >= next_sweep:
-                self._cache.sweep()
-                next_sweep = now + SWEEP_INTERVAL
-            silent = now - last_received
-            if silent > settings.max_staleness:
-                # Half-open sockets look like silence: heartbeats stopped and
-                # PING went unanswered. Reconnect.
-                raise redis.ConnectionError(f"no message or PONG for {silent:.1f}s")
-            if silent > silence_ping and not ping_sent:
-                connection.send_command("PING")
-                ping_sent = True
-
-    def _handle(self, reply: Any) -> None:
-        if not isinstance(reply, list) or not reply:
-            return
-        kind = reply[0]
-        if kind == b"subscribe":
-            self._connected = True
-            self._resync.set()  # a (re)subscription may have missed events
-            return
-        if kind != b"message" or len(reply) < 3:
-            return  # PONG
-        try:
-            message = self._codec.decode(reply[2])
-        except BadMessage as exc:
-            self._dropped[exc.reason] += 1
-            self._throttled.warning(exc.reason, "dropped bus message: %s", exc)
-            return
-        if isinstance(message, Events):
-            horizon = self._clock() - self._settings.leeway
-            for revocation in message.revocations:
-                if revocation.expires_at > horizon:
-                    self._cache.offer(revocation)
-        else:
-            self._cache.note_head(message.head)
-            self._last_heartbeat = time.monotonic()
-        self._notify()
-
-    def _catch_up(self) -> None:
-        assert self._listener_store is not None
-        self._resync.clear()
-        try:
-            head, revocations = self._listener_store.since(self._cache.applied_seq)
-        except redis.RedisError as exc:
-            self._resync.set()
-            raise StoreUnavailable(f"catch-up failed: {exc}") from exc
-        self._cache.load(revocations, head)
-        self._counts["catch_ups"] += 1
-        self._notify()
 
 
 def _mark_forked(ref: weakref.ReferenceType[RevocationClient]) -> None:

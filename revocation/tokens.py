@@ -215,6 +215,12 @@ class TokenVerifier:
             self._check_expiry(session)
         return session
 
+    def verify_fresh(self, token: str) -> Session:
+        """:meth:`verify` without the verified-token cache (for callers with their own)."""
+        session = self._verify_uncached(token)
+        self._check_expiry(session)
+        return session
+
     def _check_expiry(self, session: Session) -> None:
         if self._clock() >= session.expires_at + self._leeway:
             raise TryRefreshToken("token has expired")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -19,6 +20,7 @@ from revocation import (
     TokenRevoked,
 )
 from revocation.events import Codec, bus_key
+from revocation.listener import Listener
 from revocation.redis_server import RedisServer
 from revocation.store import Keys, Store
 
@@ -105,25 +107,31 @@ def test_check_database_on_a_fresh_client_sends_no_command_to_redis(
 
 
 def test_start_up_subscribes_before_it_loads_the_snapshot(
-    settings: Settings, worker: WorkerThread, issuer: TokenIssuer, revoker: Revoker
+    settings: Settings,
+    worker: WorkerThread,
+    issuer: TokenIssuer,
+    revoker: Revoker,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     order: list[str] = []
     token = issuer.issue("alice")
+    handle, catch_up = Listener._handle, Listener._catch_up
 
-    class Recording(RevocationClient):
-        def _handle(self, reply: object) -> None:
-            if isinstance(reply, list) and reply and reply[0] == b"subscribe":
-                order.append("subscribed")
-            super()._handle(reply)
+    def recording_handle(self: Listener, reply: object) -> None:
+        if isinstance(reply, list) and reply and reply[0] == b"subscribe":
+            order.append("subscribed")
+        handle(self, reply)
 
-        def _catch_up(self) -> None:
-            if not order or order[-1] != "snapshot":
-                order.append("snapshot")
-                # A revocation committed and relayed while the snapshot is read.
-                revoker.revoke(token=token)
-            super()._catch_up()
+    def recording_catch_up(self: Listener) -> None:
+        if not order or order[-1] != "snapshot":
+            order.append("snapshot")
+            # A revocation committed and relayed while the snapshot is read.
+            revoker.revoke(token=token)
+        catch_up(self)
 
-    with Recording(settings) as client:
+    monkeypatch.setattr(Listener, "_handle", recording_handle)
+    monkeypatch.setattr(Listener, "_catch_up", recording_catch_up)
+    with RevocationClient(settings) as client:
         assert client.wait_synced(5)
         assert order[:2] == ["subscribed", "snapshot"]
         assert client.wait_applied(1, 5)
@@ -364,3 +372,44 @@ def test_averify_on_a_stale_client_asks_the_store_without_blocking(
 def test_invalid_tokens_fail_before_any_revocation_check(client: RevocationClient) -> None:
     with pytest.raises(InvalidToken):
         client.verify("not-a-token", check_database=True)
+
+
+def test_a_busy_process_applies_revocations_on_the_request_path(
+    client: RevocationClient,
+    revoker: Revoker,
+    issuer: TokenIssuer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener thread that never gets to run (as under a busy GIL) is not needed:
+    check_database=True drains what has arrived on its socket."""
+    import select as real_select
+
+    from revocation import listener as listener_module
+
+    entered, release = threading.Event(), threading.Event()
+
+    class StalledSelect:
+        def select(self, *args: object) -> object:
+            entered.set()
+            release.wait(30)
+            return real_select.select(*args)
+
+    token = issuer.issue("alice")
+    assert client.verify(token, check_database=True)
+    monkeypatch.setattr(listener_module, "select", StalledSelect())
+    try:
+        assert entered.wait(5)  # the listener thread is now stuck
+        revocation = revoker.revoke(token=token)
+
+        def rejected() -> bool:
+            try:
+                client.verify(token, check_database=True)
+            except TokenRevoked:
+                return True
+            return False
+
+        assert poll(rejected, timeout=5)
+        assert client.status().applied_seq == revocation.seq
+        assert not release.is_set()  # the listener thread did not do it
+    finally:
+        release.set()
