@@ -358,9 +358,7 @@ class RevocationClient:
         if self._forked:
             self._after_fork_in_child()
         # The generation is read before the check it vouches for.
-        generation = (
-            self._window_generation if now < self._window_until else self._open_window(now)
-        )
+        generation = self._window_generation if now < self._window_until else self._open_window(now)
         kind = self._cache.check(session, now)
         if kind is not None:
             # A revocation once seen here is final, fresh or not.
