@@ -16,6 +16,7 @@ before the revocation through. Keep the hosts on NTP (typical skew: ms).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -105,6 +106,43 @@ class Revoker:
             everyone=everyone,
             reason=reason,
         )
+
+    def revoke_many(
+        self, targets: Iterable[Mapping[str, Any]], *, reason: str | None = None
+    ) -> list[Revocation]:
+        """Revoke many targets in one round trip; returns once all are committed.
+
+        Each target is a mapping of :meth:`revoke`'s keywords (``{"user_id":
+        "alice"}``, ``{"token": ...}``...). All are validated before anything is
+        committed; they share one ``revoked_at``.
+
+        Raises:
+            ValueError, InvalidToken: a bad target (nothing was committed).
+            StoreUnavailable: the store failed part-way; some may be committed,
+                and revoking them again is harmless.
+        """
+        resolved = [
+            self._target(
+                target.get("token"),
+                target.get("jti"),
+                target.get("session_handle"),
+                target.get("user_id"),
+                bool(target.get("everyone", False)),
+            )
+            for target in targets
+        ]
+        if not resolved:
+            return []
+        try:
+            revoked_at = self._store.time()
+            return self._store.commit_many(
+                [
+                    self._args(kind, subject, exp, revoked_at, reason)
+                    for kind, subject, exp in resolved
+                ]
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"revocations not (all) committed: {exc}") from exc
 
     def _target(
         self,

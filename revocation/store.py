@@ -9,7 +9,7 @@ Keys (all in one hash slot, ``{namespace}``, so scripts work on Redis Cluster):
 ``{ns}:records``       hash ``kind:subject`` -> the dominant record, for point checks
 ``{ns}:rank``          hash ``kind:subject`` -> what makes a record dominant
 ``{ns}:rec_exp``       zset ``kind:subject`` -> ``expires_at``, for the purge
-``{ns}:wake``          list of at most one item: wakes a worker blocked in BLPOP
+``{ns}:wake``          list of at most one item, the newest record: wakes a worker
 ``{ns}:relayed``       highest ``seq`` some worker has published
 =====================  =====================================================
 
@@ -32,20 +32,27 @@ import redis
 from .events import Kind, Revocation, parse_records
 from .tokens import Session
 
+# ARGV holds records four values each: field, body, expires_at, rank. One call
+# commits one record or a batch, in order; it returns the records as stored.
 _COMMIT = """
-local seq = redis.call('INCR', KEYS[1])
-local record = '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2)
-redis.call('ZADD', KEYS[2], seq, record)
-redis.call('ZADD', KEYS[3], ARGV[3], seq)
-local rank = redis.call('HGET', KEYS[5], ARGV[1])
-if (not rank) or tonumber(ARGV[4]) >= tonumber(rank) then
-  redis.call('HSET', KEYS[4], ARGV[1], record)
-  redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
+local records = {}
+for i = 1, #ARGV, 4 do
+  local field, body, expires_at, rank = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local seq = redis.call('INCR', KEYS[1])
+  local record = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
+  redis.call('ZADD', KEYS[2], seq, record)
+  redis.call('ZADD', KEYS[3], expires_at, seq)
+  local current = redis.call('HGET', KEYS[5], field)
+  if (not current) or tonumber(rank) >= tonumber(current) then
+    redis.call('HSET', KEYS[4], field, record)
+    redis.call('HSET', KEYS[5], field, rank)
+  end
+  redis.call('ZADD', KEYS[6], 'GT', expires_at, field)
+  records[#records + 1] = record
 end
-redis.call('ZADD', KEYS[6], 'GT', ARGV[3], ARGV[1])
-redis.call('LPUSH', KEYS[7], seq)
+redis.call('LPUSH', KEYS[7], records[#records])
 redis.call('LTRIM', KEYS[7], 0, 0)
-return record
+return records
 """
 
 _PURGE = """
@@ -195,8 +202,15 @@ class Store:
 
     def commit(self, args: list[Any]) -> Revocation:
         """Commit one record (see :func:`commit_args`); returns it with its seq."""
-        record = self._commit(keys=self.keys.commit_keys, args=args)
-        return parse_records([record])[0]
+        return self.commit_many([args])[0]
+
+    def commit_many(self, args: list[list[Any]], *, chunk: int = 1000) -> list[Revocation]:
+        """Commit records in order, ``chunk`` per script call (each call is atomic)."""
+        records: list[bytes] = []
+        for start in range(0, len(args), chunk):
+            flat = [value for one in args[start : start + chunk] for value in one]
+            records += self._commit(keys=self.keys.commit_keys, args=flat)
+        return parse_records(records)
 
     def head(self) -> int:
         """The committed head."""
@@ -254,9 +268,10 @@ class Store:
         """
         self._advance(keys=[self.keys.relayed], args=[relayed], client=pipe)
 
-    def wait_for_commit(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a commit; True if one woke us."""
-        return self._redis.blpop([self.keys.wake], timeout=timeout) is not None
+    def wait_for_commit(self, timeout: float) -> bytes | None:
+        """Block up to ``timeout`` seconds for a commit; the newest record, or None."""
+        popped = self._redis.blpop([self.keys.wake], timeout=timeout)
+        return None if popped is None else bytes(popped[1])
 
     def counts(self) -> dict[str, int]:
         """Live records by kind, log length, head and relayed cursor."""

@@ -2,12 +2,16 @@
 
 One loop, several of which may run at once against the same store:
 
-1. block on the wake list (a commit pushes to it) for at most the time left
-   until the next heartbeat;
-2. read what is pending after the shared ``relayed`` cursor, sign it, PUBLISH
-   it as one frame, advance the cursor (never backwards), and when due
-   PUBLISH a heartbeat with the head read in step 2;
-3. purge expired records about once a second.
+1. block on the wake list (each commit pushes its record there, keeping only
+   the newest) for at most the time left until the next heartbeat;
+2. when the popped record is the one right after what this worker knows was
+   relayed, sign and PUBLISH it at once and advance the cursor: one round trip
+   from commit to channel;
+3. otherwise, and when a heartbeat is due, read what is pending after the
+   shared ``relayed`` cursor, sign it, PUBLISH it as one frame, advance the
+   cursor (never backwards), and when due PUBLISH a heartbeat with the head
+   read;
+4. purge expired records about once a second.
 
 Each worker publishes in ``seq`` order, and every record up to the head in
 its heartbeat was published, by it or (the cursor says so) by another worker,
@@ -96,6 +100,8 @@ class Publisher:
         self._stop = threading.Event()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats()
+        self._known_relayed: int | None = None
+        """Everything up to here was published (by this worker or, per the cursor, another)."""
 
     def relay_once(self, *, heartbeat: bool) -> int:
         """Publish what is pending (at most one batch); returns how many records."""
@@ -118,12 +124,31 @@ class Publisher:
             pipe.publish(channel, self._codec.heartbeat(pending.head, self._clock()))
         if len(pipe):
             pipe.execute()
+        self._known_relayed = max(done, pending.relayed)
         if pending.records:
             self.stats.frames += 1
             self.stats.relayed_events += len(pending.records)
         if heartbeat:
             self.stats.heartbeats += 1
         return len(pending.records)
+
+    def relay_popped(self, record: bytes) -> bool:
+        """Publish a record popped from the wake list if it is the next one.
+
+        Returns False when it is not (a gap: other commits came first, or
+        another worker relays): the caller then relays what is pending.
+        """
+        seq = _seq_of(record)
+        if self._known_relayed is None or seq != self._known_relayed + 1:
+            return False
+        pipe = self._client.pipeline(transaction=False)
+        pipe.publish(self.store.keys.channel, self._codec.events([record]))
+        self.store.advance(seq, pipe=pipe)
+        pipe.execute()
+        self._known_relayed = seq
+        self.stats.frames += 1
+        self.stats.relayed_events += 1
+        return True
 
     def purge_once(self, now: float | None = None) -> tuple[int, int]:
         """Purge records that no longer match any valid token."""
@@ -145,24 +170,30 @@ class Publisher:
         interval = self._settings.heartbeat_interval
         next_heartbeat = next_purge = time.monotonic()
         backoff = 0.05
+        full_relay = True
         log.info("worker %s relaying on %s", self.worker_id, self.store.keys.channel)
         while not self._stop.is_set():
             try:
                 now = time.monotonic()
                 due = now >= next_heartbeat
-                relayed = self.relay_once(heartbeat=due)
-                if due:
-                    next_heartbeat = now + interval
+                if due or full_relay:
+                    full_relay = self.relay_once(heartbeat=due) >= self._batch
+                    if due:
+                        next_heartbeat = now + interval
                 if now >= next_purge:
                     self.purge_once()
                     next_purge = now + self._purge_interval
                 backoff = 0.05
-                if relayed < self._batch:
-                    wait = next_heartbeat - time.monotonic()
-                    if wait > 0.001:
-                        self.store.wait_for_commit(wait)
+                if full_relay:
+                    continue
+                wait = next_heartbeat - time.monotonic()
+                if wait > 0.001:
+                    popped = self.store.wait_for_commit(wait)
+                    full_relay = popped is not None and not self.relay_popped(popped)
             except redis.RedisError as exc:
                 self.stats.errors += 1
+                self._known_relayed = None
+                full_relay = True
                 log.warning("store unavailable (%s); retrying in %.2fs", exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)

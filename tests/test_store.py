@@ -144,3 +144,21 @@ def test_a_revoke_on_an_unreachable_store_raises_and_commits_nothing(
     settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # type: ignore[operator]
     with Revoker(settings) as revoker, pytest.raises(StoreUnavailable):
         revoker.revoke(jti="x")
+
+
+@pytest.mark.integration
+def test_revoke_many_commits_every_target_in_order(revoker: Revoker, settings: Settings) -> None:
+    token = TokenIssuer(settings).issue("carol")
+    records = revoker.revoke_many(
+        [{"jti": "a"}, {"session_handle": "s"}, {"user_id": "bob"}, {"token": token}],
+        reason="incident",
+    )
+    assert [r.seq for r in records] == [1, 2, 3, 4]
+    assert [r.kind for r in records] == ["token", "session", "user", "token"]
+    assert len({r.revoked_at for r in records}) == 1 and records[0].reason == "incident"
+    store = Store(revoker._store.client, settings.namespace)
+    assert store.since(0) == (4, records)
+    with pytest.raises(ValueError, match="exactly one target"):
+        revoker.revoke_many([{"jti": "ok"}, {"jti": "x", "user_id": "y"}])
+    assert store.head() == 4  # nothing of a bad batch was committed
+    assert revoker.revoke_many([]) == []

@@ -1,0 +1,108 @@
+"""What every benchmark shares: a result shape, timing helpers, a private Redis.
+
+Every comparison is measured side by side in the same run, and reported as
+ratios as well as times: this machine is shared and noisy, so only figures
+from one run are compared with each other.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+CHARTS = DOCS / "benchmarks"
+
+
+@dataclass
+class Section:
+    """One benchmark's results, as the report shows them."""
+
+    title: str
+    intro: str
+    headers: list[str]
+    rows: list[list[Any]]
+    notes: list[str] = field(default_factory=list)
+    charts: list[str] = field(default_factory=list)  # file names under docs/benchmarks/
+    data: dict[str, Any] = field(default_factory=dict)  # raw figures, for the summary
+
+
+def best_of(fn: Callable[[], object], number: int, repeat: int = 7) -> float:
+    """Seconds per call: the best of ``repeat`` runs of ``number`` calls."""
+    gc.collect()
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - started) / number)
+    return best
+
+
+def interleaved(
+    candidates: dict[str, Callable[[], object]], number: int, rounds: int = 7
+) -> dict[str, float]:
+    """Seconds per call of each candidate, the best of ``rounds`` interleaved runs.
+
+    Interleaving spreads the machine's noise over every candidate alike.
+    """
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            gc.collect()
+            started = time.perf_counter()
+            for _ in range(number):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - started) / number)
+    return best
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else float("nan"),
+        "mean": statistics.fmean(values) if values else float("nan"),
+    }
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:.2f} µs"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def ratio(value: float, baseline: float) -> str:
+    return f"{value / baseline:.2f}x"
+
+
+def machine() -> str:
+    import redis
+
+    from revocation.redis_server import RedisServer, find_redis_server
+
+    with RedisServer(binary=find_redis_server()) as server:
+        version = server.client().info("server")["redis_version"]
+    return (
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"redis-py {redis.__version__}, Redis {version} on loopback"
+    )
