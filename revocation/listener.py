@@ -233,11 +233,11 @@ class Listener:
         self.resync.clear()
         applied = self._cache.applied_seq
         try:
-            head, revocations = self._store.since(applied)
+            head, records = self._store.since_raw(applied)
         except redis.RedisError as exc:
             self.resync.set()
             raise StoreUnavailable(f"catch-up failed: {exc}") from exc
-        self._cache.load(revocations, head)
+        self._cache.load_raw(records, head)
         self.counts["catch_ups"] += 1
         if self._on_applied is not None and self._cache.applied_seq != applied:
             self._on_applied(self._cache.applied_seq)

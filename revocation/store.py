@@ -217,7 +217,12 @@ class Store:
         return int(self._redis.get(self.keys.seq) or 0)
 
     def since(self, seq: int, *, page: int = SINCE_PAGE) -> tuple[int, list[Revocation]]:
-        """``(head, records)``: every live record with ``seq`` in ``(seq, head]``.
+        """``(head, records)`` as :class:`Revocation` objects; see :meth:`since_raw`."""
+        head, records = self.since_raw(seq, page=page)
+        return head, parse_records(records)
+
+    def since_raw(self, seq: int, *, page: int = SINCE_PAGE) -> tuple[int, list[bytes]]:
+        """``(head, records)``: every live record with ``seq`` in ``(seq, head]``, as JSON.
 
         Not one atomic read, and need not be: the head is read first, and every
         record up to it was already in the log when it was (INCR and ZADD are
@@ -225,16 +230,17 @@ class Store:
         """
         head = self.head()
         records: list[bytes] = []
-        cursor = seq
-        while cursor < head:
-            chunk = self._redis.zrangebyscore(
-                self.keys.log, f"({cursor}", head, start=0, num=page, withscores=True
-            )
-            records.extend(member for member, _ in chunk)
-            if len(chunk) < page:
-                break
-            cursor = int(chunk[-1][1])
-        return head, parse_records(records)
+        # Windows of seqs, requested a few at a time in one pipeline, so Redis
+        # writes one while this side reads the other. Seqs are dense but for
+        # purged (expired) records, so a window holds at most ``page``.
+        windows = [(start, min(start + page, head)) for start in range(seq, head, page)]
+        for group in range(0, len(windows), 8):
+            pipe = self._redis.pipeline(transaction=False)
+            for low, high in windows[group : group + 8]:
+                pipe.zrangebyscore(self.keys.log, f"({low}", high)
+            for chunk in pipe.execute():
+                records.extend(chunk)
+        return head, records
 
     def check(self, session: Session, now: float, leeway: float) -> Revocation | None:
         """The point check: the record that revokes ``session``, if any."""
