@@ -127,7 +127,7 @@ def run(quick: bool, charts: bool) -> Section:
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(RedisServer())
         sql: dict[str, Callable[[str], bool]] = {
-            "sqlite": stack.enter_context(sqlite_lookup("file", rows_in_db))
+            "sqlite": stack.enter_context(sqlite_lookup("", rows_in_db))
         }
         postgres = stack.enter_context(postgres_lookup(rows_in_db))
         if postgres is not None:

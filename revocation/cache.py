@@ -18,7 +18,9 @@ import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
+import numpy as np
 import orjson
 
 from .compact import HashedExpirySet
@@ -117,32 +119,37 @@ class RevocationCache:
                 del self._pending[seq]
             self._drain_pending()
 
-    def load_raw(self, records: list[bytes], head: int) -> None:
-        """:meth:`load` for records as the store holds them (trusted JSON).
+    def load_raw(self, pages: Iterable[list[bytes]], head: int) -> None:
+        """:meth:`load` for records as the store holds them (trusted JSON), page by page.
 
-        The bulk path of a cold start: one JSON parse per page, token and
-        session entries added in one merge each, no model per record.
+        The bulk path of a cold start: one JSON parse per page, subjects hashed
+        page by page (so only hashes outlive a page), and one merge per kind at
+        the end; no model per record.
         """
-        parsed = orjson.loads(b"[" + b",".join(records) + b"]")
         leeway = self._leeway
-        token_subjects: list[str] = []
-        token_untils: list[float] = []
-        session_subjects: list[str] = []
-        session_untils: list[float] = []
+        hashed: dict[str, list[tuple[Any, Any]]] = {"token": [], "session": []}
         others: list[Revocation] = []
-        for record in parsed:
-            kind = record["kind"]
-            if kind == "token":
-                token_subjects.append(record["subject"])
-                token_untils.append(record["expires_at"] + leeway)
-            elif kind == "session":
-                session_subjects.append(record["subject"])
-                session_untils.append(record["expires_at"] + leeway)
-            else:
-                others.append(Revocation.model_validate(record))
+        for records in pages:
+            subjects: dict[str, list[str]] = {"token": [], "session": []}
+            untils: dict[str, list[float]] = {"token": [], "session": []}
+            for record in orjson.loads(b"[" + b",".join(records) + b"]"):
+                kind = record["kind"]
+                if kind in subjects:
+                    subjects[kind].append(record["subject"])
+                    untils[kind].append(record["expires_at"] + leeway)
+                else:
+                    others.append(Revocation.model_validate(record))
+            for kind, names in subjects.items():
+                if names:
+                    hashed[kind].append(HashedExpirySet.hashed(names, untils[kind]))
         with self._lock:
-            added = self._tokens.add_many(token_subjects, token_untils)
-            added += self._sessions.add_many(session_subjects, session_untils)
+            added = 0
+            for kind, table in (("token", self._tokens), ("session", self._sessions)):
+                if hashed[kind]:
+                    added += table.add_hashed(
+                        np.concatenate([keys for keys, _ in hashed[kind]]),
+                        np.concatenate([expiries for _, expiries in hashed[kind]]),
+                    )
             if added:
                 self.generation += 1
         self.load(others, head)

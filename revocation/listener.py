@@ -233,11 +233,14 @@ class Listener:
         self.resync.clear()
         applied = self._cache.applied_seq
         try:
-            head, records = self._store.since_raw(applied)
+            head, pages = self._store.pages_since(applied)
+            self._cache.load_raw(pages, head)
         except redis.RedisError as exc:
             self.resync.set()
             raise StoreUnavailable(f"catch-up failed: {exc}") from exc
-        self._cache.load_raw(records, head)
+        # Time spent reading the store is not silence on the bus: the messages
+        # that arrived meanwhile wait in the socket, to be read next.
+        self.last_received = time.monotonic()
         self.counts["catch_ups"] += 1
         if self._on_applied is not None and self._cache.applied_seq != applied:
             self._on_applied(self._cache.applied_seq)

@@ -23,7 +23,7 @@ pool: one implementation, no connections bound to an event loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,19 +228,24 @@ class Store:
         record up to it was already in the log when it was (INCR and ZADD are
         one script); only the purge removes records, and only expired ones.
         """
+        head, pages = self.pages_since(seq, page=page)
+        return head, [record for chunk in pages for record in chunk]
+
+    def pages_since(self, seq: int, *, page: int = SINCE_PAGE) -> tuple[int, Iterator[list[bytes]]]:
+        """:meth:`since_raw` as ``(head, pages)``, pages read lazily, for bulk loads."""
         head = self.head()
-        records: list[bytes] = []
-        # Windows of seqs, requested a few at a time in one pipeline, so Redis
-        # writes one while this side reads the other. Seqs are dense but for
-        # purged (expired) records, so a window holds at most ``page``.
+        return head, self._pages(seq, head, page)
+
+    def _pages(self, seq: int, head: int, page: int) -> Iterator[list[bytes]]:
+        # Windows of seqs, several per pipeline, so Redis writes one while this
+        # side reads another. Seqs are dense but for purged (expired) records,
+        # so a window holds at most ``page`` records.
         windows = [(start, min(start + page, head)) for start in range(seq, head, page)]
         for group in range(0, len(windows), 8):
             pipe = self._redis.pipeline(transaction=False)
             for low, high in windows[group : group + 8]:
                 pipe.zrangebyscore(self.keys.log, f"({low}", high)
-            for chunk in pipe.execute():
-                records.extend(chunk)
-        return head, records
+            yield from pipe.execute()
 
     def check(self, session: Session, now: float, leeway: float) -> Revocation | None:
         """The point check: the record that revokes ``session``, if any."""
