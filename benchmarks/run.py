@@ -10,7 +10,10 @@ Each benchmark module has ``run(quick: bool) -> Section``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import importlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +27,26 @@ from benchmarks.common import CHARTS, DOCS, Section, machine  # noqa: E402
 MODULES = ["verify", "propagation", "throughput", "memory", "http_load"]
 
 
-def render(sections: list[Section], header: str, elapsed: float) -> str:
+def _saved(name: str) -> Path:
+    return CHARTS / f"{name}.json"
+
+
+def _load(name: str) -> tuple[Section, str] | None:
+    """A section from its last full run, with the machine line of that run."""
+    path = _saved(name)
+    if not path.exists():
+        return None
+    stored = json.loads(path.read_text())
+    return Section(**stored["section"]), stored["machine"]
+
+
+def _save(name: str, section: Section, machine_line: str) -> None:
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    payload = {"section": dataclasses.asdict(section), "machine": f"{machine_line}; run {stamp}"}
+    _saved(name).write_text(json.dumps(payload, indent=1, default=str))
+
+
+def render(sections: list[tuple[Section, str]]) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -32,12 +54,11 @@ def render(sections: list[Section], header: str, elapsed: float) -> str:
         '`pip install -e ".[bench]"`). Every comparison is measured side by side in one',
         "run, and ratios are against a baseline from that same run: this machine is",
         "shared and noisy, so absolute times move between runs more than ratios do.",
-        "",
-        f"Machine: {header}. Suite time: {elapsed:.0f} s.",
+        "`--only NAME` re-runs one section; the others keep their last results.",
         "",
     ]
-    for section in sections:
-        lines += [f"## {section.title}", "", section.intro, ""]
+    for section, machine_line in sections:
+        lines += [f"## {section.title}", "", f"*{machine_line}.*", "", section.intro, ""]
         lines.append("| " + " | ".join(section.headers) + " |")
         lines.append("|" + "---|" * len(section.headers))
         for row in section.rows:
@@ -59,18 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     write = not args.no_write and not args.quick
     if write:
         CHARTS.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    sections: list[Section] = []
+    machine_line = machine()
     for name in args.only or MODULES:
         print(f"== {name}", flush=True)
+        started = time.monotonic()
         module = importlib.import_module(f"benchmarks.{name}")
         section: Section = module.run(quick=args.quick, charts=write)
-        sections.append(section)
         for row in section.rows:
             print("   ", " | ".join(str(cell) for cell in row), flush=True)
-    report = render(sections, machine(), time.monotonic() - started)
+        for note in section.notes:
+            print("   ", note, flush=True)
+        if write:
+            _save(name, section, f"{machine_line}; {time.monotonic() - started:.0f} s")
     if write:
-        (DOCS / "benchmarks.md").write_text(report)
+        sections = [loaded for name in MODULES if (loaded := _load(name)) is not None]
+        (DOCS / "benchmarks.md").write_text(render(sections))
         print(f"wrote {DOCS / 'benchmarks.md'}")
     return 0
 

@@ -137,6 +137,7 @@ class RevocationClient:
     def _init_process_state(self) -> None:
         """Everything that belongs to one process: threads, locks, the listener."""
         self._changed = threading.Condition()
+        self._waiters = 0
         self._listener = Listener(
             self._settings,
             self._cache,
@@ -251,17 +252,22 @@ class RevocationClient:
             self._after_fork_in_child()
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not predicate():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                # Freshness also changes with time alone: re-check at least every 50 ms.
-                self._changed.wait(min(remaining, 0.05))
+            self._waiters += 1
+            try:
+                while not predicate():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    # Freshness also changes with time alone: re-check at least every 50 ms.
+                    self._changed.wait(min(remaining, 0.05))
+            finally:
+                self._waiters -= 1
         return True
 
     def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+        if self._waiters:  # most of the time nobody waits: skip the lock
+            with self._changed:
+                self._changed.notify_all()
 
     # -- verification ------------------------------------------------------
 

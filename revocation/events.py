@@ -185,7 +185,7 @@ class Codec:
     def _frame(self, payload: bytes) -> bytes:
         if self._key is None:
             return payload + b"."
-        mac = hmac.new(self._key, payload, hashlib.sha256).digest()
+        mac = hmac.digest(self._key, payload, "sha256")
         return payload + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")
 
     def events(self, records: list[bytes]) -> bytes:
@@ -218,7 +218,7 @@ class Codec:
                     mac = base64.urlsafe_b64decode(signature + b"=" * (-len(signature) % 4))
                 except (binascii.Error, ValueError):
                     raise BadMessage("bad_signature", "not base64url") from None
-                expected = hmac.new(self._key, payload, hashlib.sha256).digest()
+                expected = hmac.digest(self._key, payload, "sha256")
                 if not hmac.compare_digest(mac, expected):
                     raise BadMessage("bad_signature")
         elif self._require_signature:
