@@ -74,6 +74,7 @@ class Listener:
         self._throttled = ThrottledLogger(log)
         self._io_lock = threading.Lock()
         self._connection: Any = None
+        self._poller: Any = None
         self._broken = False
         self.stop = threading.Event()
         self.resync = threading.Event()
@@ -120,8 +121,11 @@ class Listener:
             try:
                 connection.connect()
                 connection.send_command("SUBSCRIBE", self._channel)
+                poller = select.poll()
+                poller.register(connection._sock, select.POLLIN)
                 with self._io_lock:
                     self._connection, self._broken = connection, False
+                    self._poller = poller
                 self._listen(connection)
             except (redis.RedisError, OSError, StoreUnavailable) as exc:
                 if not self.stop.is_set():
@@ -130,6 +134,7 @@ class Listener:
             finally:
                 with self._io_lock:
                     self._connection = None
+                    self._poller = None
                     self.connected = False
                     self.last_heartbeat = None
                     self.fresh_until = 0.0
@@ -177,6 +182,12 @@ class Listener:
 
     def drain(self) -> None:
         """Apply what has arrived, from any thread; never blocks, never raises."""
+        poller = self._poller
+        try:
+            if poller is None or not poller.poll(0):
+                return  # nothing new on the socket (one syscall, no redis-py machinery)
+        except (OSError, ValueError):
+            return
         if not self._io_lock.acquire(blocking=False):
             return  # the listener (or another request) is at it
         try:
