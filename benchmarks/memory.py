@@ -614,11 +614,11 @@ def run(quick: bool, charts: bool) -> Section:
         + "The rest of a start is mostly "
         "the wait for a heartbeat on the new subscription (one every `heartbeat_interval`, "
         "0.5 s by default) and `wait_synced`'s 50 ms polling.",
-        f"The catch-up transfers {split['transferred_bytes'] / 1e6:.0f} MB of JSON and holds "
-        "all of it at once: traced allocations peak at "
-        f"{split['catch_up_peak_bytes'] / cold_entries:.0f} bytes per entry "
-        f"({split['catch_up_peak_bytes'] / 1e6:.0f} MB) and keeps "
-        f"{split['catch_up_retained_bytes'] / cold_entries:.0f}"
+        f"The catch-up transfers {split['transferred_bytes'] / 1e6:.0f} MB of JSON. Timed "
+        "apart, with every page held at once (a client streams them page by page), traced "
+        f"allocations peak at {split['catch_up_peak_bytes'] / cold_entries:.0f} bytes per "
+        f"entry ({split['catch_up_peak_bytes'] / 1e6:.0f} MB) and "
+        f"{split['catch_up_retained_bytes'] / cold_entries:.0f} bytes per entry stay"
         + (
             f"; a fresh client process's peak RSS grows by {max(peaks) / 1e6:.0f} MB."
             if peaks

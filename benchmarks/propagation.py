@@ -188,9 +188,10 @@ def run(quick: bool, charts: bool) -> Section:
                 p50 = percentile(ours_each, 50) / percentile(floor_each, 50)
                 p99 = percentile(ours_each, 99) / percentile(floor_each, 99)
                 target = "p99 below the floor" if busy else "p50 and p99 at most 1.5x the floor"
+                met = p99 < 1 if busy else (p50 <= 1.5 and p99 <= 1.5)
                 notes.append(
                     f"{label}: ours/floor = {p50:.2f}x at p50, {p99:.2f}x at p99 "
-                    f"(target: {target})."
+                    f"(target: {target}: {'met' if met else '**not met**'})."
                 )
         finally:
             worker.terminate()

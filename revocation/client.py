@@ -82,7 +82,9 @@ class Status:
     reconnects: int
     catch_ups: int
     dropped_messages: Mapping[str, int]
-    """Bus messages dropped, by reason (``malformed``, ``bad_signature``...)."""
+    """Bus messages dropped, by reason: ``malformed``, ``too_large``, ``unsigned``,
+    ``bad_signature``, ``bad_version``, ``invalid``, ``stale_heartbeat`` (a heartbeat
+    not newer than one already seen: a replay, or one overtaken by a catch-up)."""
 
 
 class RevocationClient:

@@ -43,9 +43,9 @@ class Revocation(BaseModel):
     until ``expires_at``, after which no token it can match is still valid.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    seq: int = Field(gt=0)
+    seq: int = Field(gt=0, strict=True)
     kind: Kind
     subject: Annotated[str, Field(min_length=1, max_length=MAX_SUBJECT_LENGTH)]
     revoked_at: float
@@ -148,10 +148,10 @@ class BadMessage(Exception):
 
 
 class _HeartbeatPayload(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     v: Literal[1]
     type: Literal["heartbeat"]
-    head: int = Field(ge=0)
+    head: int = Field(ge=0, strict=True)
     sent_at: float
 
 

@@ -80,6 +80,8 @@ class Listener:
         self.resync = threading.Event()
         self.fresh_until = 0.0
         """Client-clock time until which the local copy may be trusted (0: stale)."""
+        self._newest_beat = 0.0
+        """The newest heartbeat's date, on the Redis server's clock."""
         self.last_heartbeat: float | None = None
         """Monotonic time the last heartbeat was received; None when disconnected."""
         self.last_received = 0.0
@@ -236,6 +238,12 @@ class Listener:
             if self._on_applied is not None and self._cache.applied_seq != applied:
                 self._on_applied(self._cache.applied_seq)
         else:
+            if message.sent_at <= self._newest_beat:
+                # Not newer than what this client knows of the store's clock: a replay
+                # (or a worker racing another by microseconds). It proves nothing.
+                self.dropped["stale_heartbeat"] += 1
+                return
+            self._newest_beat = message.sent_at
             self._cache.note_head(message.head)
             self.last_heartbeat = time.monotonic()
 
@@ -244,6 +252,8 @@ class Listener:
         self.resync.clear()
         applied = self._cache.applied_seq
         try:
+            # Heartbeats dated before this moment say nothing this catch-up does not.
+            self._newest_beat = max(self._newest_beat, self._store.time())
             head, pages = self._store.pages_since(applied)
             self._cache.load_raw(pages, head)
         except redis.RedisError as exc:

@@ -12,7 +12,7 @@ import re
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 
@@ -91,10 +91,23 @@ class Settings(BaseSettings):
     )
 
     def __init__(self, **values: Any) -> None:
+        # The error is raised outside the except block, so that no exception
+        # chain (whose messages and attributes hold the raw input: secrets too)
+        # travels with it.
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise _config_error(exc) from None
+            error = _config_error(exc)
+        except SettingsError as exc:  # an environment variable that is not valid JSON
+            match = re.search(r'field "([^"]+)"', str(exc))
+            field = match.group(1) if match else None
+            error = ConfigError(
+                f"invalid settings: {field or 'an environment variable'}: not valid JSON",
+                field=field,
+            )
+        else:
+            return
+        raise error
 
     @field_validator("namespace")
     @classmethod

@@ -70,7 +70,8 @@ end
 return {#seqs, #fields}
 """
 
-# Returns {head, relayed, skipped, records...}. A backlog longer than ARGV[2]
+# Returns {head, relayed, skipped, seconds, microseconds, records...}: the server's
+# TIME dates the heartbeat that follows. A backlog longer than ARGV[2]
 # is skipped, not relayed: clients see the head in the next heartbeat and
 # catch up from the store, which is faster than replaying it on the channel.
 _PENDING = """
@@ -83,6 +84,9 @@ if head - relayed > tonumber(ARGV[2]) then
   redis.call('SET', KEYS[3], relayed)
 end
 local records = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. relayed, head, 'LIMIT', 0, ARGV[1])
+local now = redis.call('TIME')
+table.insert(records, 1, now[2])
+table.insert(records, 1, now[1])
 table.insert(records, 1, skipped)
 table.insert(records, 1, relayed)
 table.insert(records, 1, head)
@@ -144,6 +148,8 @@ class Pending:
     head: int
     relayed: int
     skipped: int
+    time: float
+    """The Redis server's clock when this was read."""
     records: list[bytes]
 
 
@@ -180,7 +186,9 @@ def first_match(
 
 
 def _pending(reply: list[Any]) -> Pending:
-    return Pending(int(reply[0]), int(reply[1]), int(reply[2]), list(reply[3:]))
+    return Pending(
+        int(reply[0]), int(reply[1]), int(reply[2]), server_time(reply[3:5]), list(reply[5:])
+    )
 
 
 class Store:

@@ -260,6 +260,10 @@ class TokenVerifier:
         if alg != key.alg:
             raise InvalidToken(f"algorithm {alg[:16]!r} is not allowed for this key")
         signature = _b64decode(parts[2], "signature")
+        if _b64encode(signature) != parts[2]:
+            # Padding or stray low bits: one token, one spelling (anything keyed
+            # on the token string, like the verified-token cache, relies on it).
+            raise InvalidToken("malformed token: signature is not canonical base64url")
         if not key.verify(raw[: len(parts[0]) + 1 + len(parts[1])], signature):
             raise InvalidToken("bad signature")
         claims = _json_object(_b64decode(parts[1], "payload"), "payload")

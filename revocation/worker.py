@@ -121,7 +121,9 @@ class Publisher:
         if done > pending.relayed:
             self.store.advance(done, pipe=pipe)
         if heartbeat:
-            pipe.publish(channel, self._codec.heartbeat(pending.head, self._clock()))
+            # Dated by the Redis server's clock: clients refuse a heartbeat that is not
+            # newer than every one they have seen, so a replayed one proves nothing.
+            pipe.publish(channel, self._codec.heartbeat(pending.head, pending.time))
         if len(pipe):
             pipe.execute()
         self._known_relayed = max(done, pending.relayed)

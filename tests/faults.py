@@ -138,6 +138,13 @@ class Deployment:
 
     def __enter__(self) -> Deployment:
         self.server.start()
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()  # stop what started; nothing outlives a failed start
+            raise
+
+    def _start(self) -> Deployment:
         self.settings = Settings(
             redis_url=self.server.url,
             namespace=f"faults-{uuid.uuid4().hex[:8]}",

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 import revocation.tokens
@@ -55,17 +56,25 @@ KEY = "k" * 32
 ISS = "https://auth.example"
 AUD = "api"
 NOW = 1_800_000_000.25
-B64URL = string.ascii_letters + string.digits + "-_"
+B64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
 UNAUTHORISED_CODES = {"unauthorised", "invalid_token", "try_refresh_token", "token_revoked"}
-DROP_REASONS = {"too_large", "malformed", "unsigned", "bad_signature", "bad_version", "invalid"}
+DROP_REASONS = {
+    "too_large",
+    "malformed",
+    "unsigned",
+    "bad_signature",
+    "bad_version",
+    "invalid",
+    "stale_heartbeat",  # a heartbeat not newer than one seen (or than the last catch-up)
+}
 
 TOKEN_SETTINGS = Settings(signing_key=KEY, issuer=ISS, audience=AUD)
 KID = json.loads(
     base64.urlsafe_b64decode(TokenIssuer(TOKEN_SETTINGS).issue("x").split(".")[0] + "==")
 )["kid"]
 
-FAST = settings(max_examples=150, deadline=None)
-SLOW = settings(
+FAST = hypothesis_settings(max_examples=150, deadline=None)
+SLOW = hypothesis_settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
@@ -136,9 +145,21 @@ json_scalars = (
     | st.integers(min_value=-(10**400), max_value=10**400)
     | st.floats()
     | st.text(max_size=20)
+    | st.text(st.characters(categories=["Cs"]), max_size=3)  # lone surrogates
 )
 json_values = st.recursive(
     json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+plain_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
     ),
@@ -183,7 +204,7 @@ def is_number(value: Any) -> bool:
 
 @FAST
 @given(st.text())
-def test_arbitrary_text_is_a_session_or_unauthorised(token: str) -> None:
+def test_arbitrary_text_is_unauthorised(token: str) -> None:
     assert isinstance(outcome(token), Unauthorised)
 
 
@@ -220,7 +241,7 @@ def test_correctly_signed_random_json_is_accepted_only_when_well_formed(
         assert claims.get("nbf") is None or claims["nbf"] <= NOW
         assert claims["exp"] > NOW and claims["iss"] == ISS
         assert claims["aud"] == AUD or AUD in claims["aud"]
-        assert dict(result.claims) == json.loads(json.dumps(claims))
+        assert dict(result.claims) == orjson.loads(dumps(claims, ascii_only))
 
 
 @FAST
@@ -231,9 +252,7 @@ def test_correctly_signed_random_json_is_accepted_only_when_well_formed(
     st.floats(0.001, 900),
     st.dictionaries(
         st.text(max_size=10).filter(lambda k: k not in revocation.tokens.RESERVED_CLAIMS),
-        json_values.filter(
-            lambda v: "Infinity" not in json.dumps(v) and "NaN" not in json.dumps(v)
-        ),
+        plain_json_values,
         max_size=4,
     ),
 )
@@ -241,15 +260,11 @@ def test_well_formed_signed_tokens_are_accepted_as_signed(
     sub: str, jti: str, iat: float, ttl: float, extra: dict[str, Any]
 ) -> None:
     claims = good_claims(sub=sub, jti=jti, iat=iat, exp=iat + ttl + 900, **extra)
-    try:
-        raw = json.dumps(claims).encode("utf-8")
-    except UnicodeEncodeError:  # pragma: no cover - json.dumps escapes by default
-        return
-    if b"\\ud8" in raw.lower() or b"\\udc" in raw.lower():
-        return  # lone surrogates are not valid JSON text for orjson
+    raw = json.dumps(claims).encode()
     result = outcome(jws(json.dumps(good_header()).encode(), raw))
     assert isinstance(result, Session), result
     assert (result.user_id, result.jti, result.issued_at) == (sub, jti, iat)
+    assert dict(result.claims) == orjson.loads(raw)
 
 
 VALID = sign(good_header(), good_claims())
@@ -556,22 +571,12 @@ def test_padding_in_header_or_payload_breaks_the_signature_or_the_encoding() -> 
             invalid(token)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the signature segment is decoded with its '=' padding accepted, so "
-    "token + '=' is a second valid spelling of the same token (RFC 7515 omits padding)",
-)
 def test_a_padded_signature_segment_is_refused() -> None:
     header, payload, signature = VALID.split(".")
     assert len(signature) % 4 == 3
     invalid(f"{header}.{payload}.{signature}=")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a non-canonical base64url signature (unused low bits of the last "
-    "character set) decodes to the same MAC and is accepted: signature malleability",
-)
 def test_a_non_canonical_signature_encoding_is_refused() -> None:
     header, payload, signature = VALID.split(".")
     last = B64URL.index(signature[-1])
@@ -613,7 +618,7 @@ def token_variants(valid: str) -> st.SearchStrategy[str]:
     header, payload, signature = valid.split(".")
     return st.one_of(
         st.just(valid),
-        st.text(max_size=60),
+        st.text(st.characters(codec="latin-1"), max_size=60),
         st.tuples(b64_segments, b64_segments, b64_segments).map(".".join),
         st.builds(
             lambda i, c: valid[:i] + c + valid[i + 1 :],
@@ -754,14 +759,18 @@ def dropped_total(client: RevocationClient) -> int:
 
 
 def publish_and_wait_dropped(
-    client: RevocationClient, raw: redis.Redis, channel: str, frames: list[bytes]
+    client: RevocationClient, raw: redis.Redis, channel: str, frames: list[bytes], expected: int
 ) -> Counter[str]:
-    """Publish ``frames`` then a sentinel that is surely dropped; wait for all of them."""
+    """Publish ``frames`` then a sentinel that is surely dropped; the drops, by reason.
+
+    Waits until ``expected`` drops and the sentinel's have been counted (one
+    connection delivers in order, so the sentinel comes last).
+    """
     before = Counter(client.status().dropped_messages)
     for frame in frames:
         raw.publish(channel, frame)
     raw.publish(channel, b"sentinel without a separator")
-    target = sum(before.values()) + 1
+    target = sum(before.values()) + expected + 1
     assert poll(lambda: dropped_total(client) >= target), client.status()
     after = Counter(client.status().dropped_messages)
     after.subtract(before)
@@ -791,8 +800,12 @@ def test_hypothesis_garbage_frames_are_all_dropped_and_the_listener_survives(
     victim = issuer.issue("victim")
     forger = Codec(bus_key("f" * 32, settings.namespace), require_signature=True)
     messages = st.fixed_dictionaries(
-        {"v": st.just(1) | json_values, "type": st.sampled_from(["events", "heartbeat"])},
-        optional={"head": json_values, "events": json_values, "sent_at": json_values},
+        {"v": st.just(1) | plain_json_values, "type": st.sampled_from(["events", "heartbeat"])},
+        optional={
+            "head": plain_json_values,
+            "events": plain_json_values,
+            "sent_at": plain_json_values,
+        },
     ).map(orjson.dumps)
     frames = st.one_of(
         st.binary(max_size=300),
@@ -901,7 +914,7 @@ def test_hand_crafted_hostile_frames_are_dropped_by_reason(
         ],
     }
     every = [frame for group in frames.values() for frame in group]
-    dropped = publish_and_wait_dropped(client, raw, channel, every)
+    dropped = publish_and_wait_dropped(client, raw, channel, every, len(every))
     assert dropped == Counter({reason: len(group) for reason, group in frames.items()})
 
     status = client.status()
@@ -936,7 +949,7 @@ def test_replayed_and_low_seq_signed_events_are_ignored_as_duplicates(
         signed.events([forged_all(seq=first.seq)]),  # signed, but at an applied seq
         signed.events([forged_all(seq=1)]),
     ]
-    assert publish_and_wait_dropped(client, raw, keys.channel, frames) == Counter()
+    assert publish_and_wait_dropped(client, raw, keys.channel, frames, 0) == Counter()
     after = client.status()
     assert (after.applied_seq, after.head_seq, after.size) == (
         before.applied_seq,
@@ -951,12 +964,6 @@ def test_replayed_and_low_seq_signed_events_are_ignored_as_duplicates(
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a replayed signed heartbeat refreshes freshness (sent_at is never "
-    "checked), so with the worker down a client stays 'fresh' and accepts a token "
-    "revoked in the store, beyond the documented max_staleness bound",
-)
 def test_a_replayed_old_heartbeat_does_not_make_a_stale_client_fresh(
     make_settings: Callable[..., Settings],
     start_worker: Callable[..., WorkerThread],
@@ -985,12 +992,11 @@ def test_a_replayed_old_heartbeat_does_not_make_a_stale_client_fresh(
         token = TokenIssuer(replay_settings).issue("alice")
         worker.stop()  # the worker is down: nothing is relayed any more
         assert poll(lambda: not client.status().fresh)
-        revocation = revoker.revoke(token=token)  # committed, never relayed
+        revoker.revoke(token=token)  # committed, never relayed
         raw.publish(channel, recorded)  # the replay
         poll(lambda: client.status().fresh, timeout=1.0)
         with pytest.raises(TokenRevoked):
             client.verify(token, check_database=True)
-        assert revocation.seq >= 1
 
 
 def test_the_size_limit_of_a_frame_is_exact() -> None:
@@ -1046,6 +1052,7 @@ def test_secrets_never_appear_in_logs_reprs_or_errors(
             revoker._store.client,
             channel,
             [forger.events([forged_all()]), b"{}.", signed_codec("x")._frame(b"{}")],
+            3,
         )
         assert dropped == Counter({"bad_signature": 2, "unsigned": 1})
 
@@ -1126,11 +1133,6 @@ def test_secrets_never_appear_in_logs_reprs_or_errors(
         assert_no_secret("log record", record.getMessage())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: malformed JSON in REVOCATION_VERIFICATION_KEYS raises pydantic-settings' "
-    "SettingsError (whose JSONDecodeError cause holds the secret in .doc), not ConfigError",
-)
 def test_malformed_json_secrets_in_the_environment_raise_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
