@@ -35,6 +35,7 @@ import redis
 from benchmarks.common import CHARTS, ROOT, Section, ms, percentile
 from revocation import RevocationClient, Revoker, Settings, TokenIssuer
 from revocation.redis_server import RedisServer
+from revocation.settings import to_environment
 
 
 def _child(
@@ -148,13 +149,7 @@ def run(quick: bool, charts: bool) -> Section:
             signing_key=secrets.token_urlsafe(32),
             event_key=secrets.token_urlsafe(32),
         )
-        assert settings.signing_key is not None and settings.event_key is not None
-        env = {
-            "REVOCATION_REDIS_URL": settings.redis_url,
-            "REVOCATION_NAMESPACE": settings.namespace,
-            "REVOCATION_SIGNING_KEY": settings.signing_key.get_secret_value(),
-            "REVOCATION_EVENT_KEY": settings.event_key.get_secret_value(),
-        }
+        env = to_environment(settings)
         token = TokenIssuer(settings).issue("busy-user")
         # The worker in its own process, as deployed: not competing for this one's GIL.
         worker = subprocess.Popen(

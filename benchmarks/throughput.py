@@ -28,6 +28,7 @@ import redis
 from benchmarks.common import ROOT, Section
 from revocation import RevocationClient, Revoker, Settings
 from revocation.redis_server import RedisServer
+from revocation.settings import to_environment
 from revocation.store import Store
 
 BATCH = 500
@@ -76,13 +77,7 @@ def run(quick: bool, charts: bool) -> Section:
             signing_key=secrets.token_urlsafe(32),
             event_key=secrets.token_urlsafe(32),
         )
-        assert settings.signing_key is not None and settings.event_key is not None
-        env = {
-            "REVOCATION_REDIS_URL": settings.redis_url,
-            "REVOCATION_NAMESPACE": settings.namespace,
-            "REVOCATION_SIGNING_KEY": settings.signing_key.get_secret_value(),
-            "REVOCATION_EVENT_KEY": settings.event_key.get_secret_value(),
-        }
+        env = to_environment(settings)
         worker = subprocess.Popen(
             [sys.executable, "-m", "workers.publisher"],
             cwd=ROOT,

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from benchmarks.common import CHARTS, ROOT, Section, interleaved, us
 from revocation import RevocationClient, Revoker, Settings, TokenIssuer
 from revocation.redis_server import RedisServer
+from revocation.settings import to_environment
 
 ALGORITHMS = ["HS256", "EdDSA", "RS256"]
 
@@ -59,16 +60,11 @@ def _keys(algorithm: str) -> tuple[str, Any]:
 @contextlib.contextmanager
 def _pipeline(settings: Settings, revocations: int) -> Iterator[RevocationClient]:
     # The worker in its own process, as deployed: not a thread competing for this GIL.
-    assert settings.signing_key is not None and settings.event_key is not None
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "REVOCATION_LOG_LEVEL": "WARNING",
-        "REVOCATION_REDIS_URL": settings.redis_url,
-        "REVOCATION_NAMESPACE": settings.namespace,
-        "REVOCATION_SIGNING_KEY": settings.signing_key.get_secret_value(),
-        "REVOCATION_ALGORITHM": settings.algorithm,
-        "REVOCATION_EVENT_KEY": settings.event_key.get_secret_value(),
+        **to_environment(settings),
     }
     worker = subprocess.Popen([sys.executable, "-m", "workers.publisher"], cwd=ROOT, env=env)
     try:

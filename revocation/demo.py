@@ -28,7 +28,7 @@ from .client import RevocationClient
 from .errors import TokenRevoked
 from .redis_server import RedisServer
 from .revoker import Revoker
-from .settings import Settings
+from .settings import Settings, to_environment
 from .tokens import TokenIssuer
 
 WATCH_DEADLINE = 10.0
@@ -79,18 +79,6 @@ def _accepts(verify: Callable[[str], Any], token: str) -> bool:
     return True
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = {
-        "REVOCATION_REDIS_URL": settings.redis_url,
-        "REVOCATION_NAMESPACE": settings.namespace,
-        "REVOCATION_ACCESS_TOKEN_TTL": str(settings.access_token_ttl),
-    }
-    assert settings.signing_key is not None and settings.event_key is not None
-    env["REVOCATION_SIGNING_KEY"] = settings.signing_key.get_secret_value()
-    env["REVOCATION_EVENT_KEY"] = settings.event_key.get_secret_value()
-    return env
-
-
 def run_demo(*, processes: int = 4, out: Any = None) -> int:
     """Run the demo; returns the exit status."""
     out = out or sys.stdout
@@ -107,7 +95,7 @@ def run_demo(*, processes: int = 4, out: Any = None) -> int:
         event_key=secrets.token_urlsafe(32),
         access_token_ttl=300,
     )
-    env = _env(settings)
+    env = to_environment(settings)
     worker = subprocess.Popen(
         [sys.executable, "-m", "workers.publisher"],
         env={**os.environ, **env, "REVOCATION_LOG_LEVEL": "WARNING"},

@@ -8,6 +8,7 @@ reprs or error messages.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
@@ -165,3 +166,31 @@ def _config_error(exc: ValidationError) -> ConfigError:
             first_field = field
         parts.append(f"{field}: {message}")
     return ConfigError("invalid settings: " + "; ".join(parts), field=first_field)
+
+
+def to_environment(settings: Settings) -> dict[str, str]:
+    """``REVOCATION_*`` variables that rebuild ``settings`` in another process.
+
+    For starting workers and app processes from code (the demo, tests,
+    benchmarks). The result holds the secrets in clear: pass it to the child's
+    environment and nowhere else.
+    """
+    env: dict[str, str] = {}
+    for name, value in settings:
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, dict):
+            text = json.dumps(
+                {
+                    k: v.get_secret_value() if isinstance(v, SecretStr) else v
+                    for k, v in value.items()
+                }
+            )
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[f"REVOCATION_{name.upper()}"] = text
+    return env

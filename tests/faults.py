@@ -45,6 +45,7 @@ from revocation import (
 )
 from revocation.events import Codec, bus_key
 from revocation.redis_server import RedisServer
+from revocation.settings import to_environment
 from revocation.store import Keys, Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,16 +155,7 @@ class Deployment:
             max_staleness=MAX_STALENESS,
             fallback_timeout=0.1,
         )
-        assert self.settings.signing_key and self.settings.event_key
-        self.env = {
-            "REVOCATION_REDIS_URL": self.settings.redis_url,
-            "REVOCATION_NAMESPACE": self.settings.namespace,
-            "REVOCATION_SIGNING_KEY": self.settings.signing_key.get_secret_value(),
-            "REVOCATION_EVENT_KEY": self.settings.event_key.get_secret_value(),
-            "REVOCATION_HEARTBEAT_INTERVAL": str(HEARTBEAT),
-            "REVOCATION_MAX_STALENESS": str(MAX_STALENESS),
-            "REVOCATION_FALLBACK_TIMEOUT": "0.1",
-        }
+        self.env = to_environment(self.settings)
         self.issuer = TokenIssuer(self.settings)
         self.start_worker()
         context = multiprocessing.get_context("spawn")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from revocation import RevocationClient, Settings, TokenRevoked, TokenVerifier
+from revocation.settings import to_environment
 
 from .conftest import WorkerThread
 
@@ -29,13 +30,7 @@ def cli(
 
 
 def env_of(settings: Settings) -> dict[str, str]:
-    assert settings.signing_key and settings.event_key
-    return {
-        "REVOCATION_REDIS_URL": settings.redis_url,
-        "REVOCATION_NAMESPACE": settings.namespace,
-        "REVOCATION_SIGNING_KEY": settings.signing_key.get_secret_value(),
-        "REVOCATION_EVENT_KEY": settings.event_key.get_secret_value(),
-    }
+    return to_environment(settings)
 
 
 @pytest.mark.parametrize("command", [[], ["worker"], ["issue"], ["revoke"], ["status"], ["demo"]])

@@ -22,6 +22,7 @@ import pytest
 
 from revocation import Settings
 from revocation.redis_server import free_port
+from revocation.settings import to_environment
 
 from .conftest import WorkerThread
 
@@ -50,16 +51,10 @@ def call(
 
 
 def serve(command: list[str], settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    assert settings.signing_key and settings.event_key
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "REVOCATION_REDIS_URL": settings.redis_url,
-        "REVOCATION_NAMESPACE": settings.namespace,
-        "REVOCATION_SIGNING_KEY": settings.signing_key.get_secret_value(),
-        "REVOCATION_EVENT_KEY": settings.event_key.get_secret_value(),
-        "REVOCATION_HEARTBEAT_INTERVAL": str(settings.heartbeat_interval),
-        "REVOCATION_MAX_STALENESS": str(settings.max_staleness),
+        **to_environment(settings),
         "REVOCATION_ADMIN_KEY": ADMIN_KEY,
     }
     process = subprocess.Popen(

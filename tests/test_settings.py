@@ -76,3 +76,20 @@ def test_a_client_refuses_to_start_without_an_event_key_unless_told() -> None:
         RevocationClient(Settings(signing_key=KEY))
     assert caught.value.field == "event_key"
     RevocationClient(Settings(signing_key=KEY, allow_unsigned_events=True)).close()
+
+
+def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from revocation.settings import to_environment
+
+    original = Settings(
+        signing_key=KEY,
+        event_key="e" * 32,
+        verification_keys={"old": "o" * 32},
+        stale_policy="allow",
+        max_staleness=3.5,
+        issuer="https://auth.example",
+        allow_unsigned_events=True,
+    )
+    for name, value in to_environment(original).items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original

@@ -15,6 +15,7 @@ import pytest
 
 from revocation import RevocationClient, Revoker, Settings, TokenIssuer, TokenRevoked
 from revocation.events import Codec, Events, bus_key
+from revocation.settings import to_environment
 from revocation.store import Store
 
 from .conftest import EVENT_KEY, WorkerThread, poll
@@ -24,17 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def env_of(settings: Settings) -> dict[str, str]:
-    assert settings.signing_key and settings.event_key
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "REVOCATION_REDIS_URL": settings.redis_url,
-        "REVOCATION_NAMESPACE": settings.namespace,
-        "REVOCATION_SIGNING_KEY": settings.signing_key.get_secret_value(),
-        "REVOCATION_EVENT_KEY": settings.event_key.get_secret_value(),
-        "REVOCATION_HEARTBEAT_INTERVAL": str(settings.heartbeat_interval),
-        "REVOCATION_MAX_STALENESS": str(settings.max_staleness),
-    }
+    return {**os.environ, "PYTHONPATH": str(ROOT), **to_environment(settings)}
 
 
 class Tap:
