@@ -7,6 +7,7 @@ from one run are compared with each other.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -33,6 +34,16 @@ class Section:
     notes: list[str] = field(default_factory=list)
     charts: list[str] = field(default_factory=list)  # file names under docs/benchmarks/
     data: dict[str, Any] = field(default_factory=dict)  # raw figures, for the summary
+
+
+def stop_children(children: Sequence[tuple[Any, Any]]) -> None:
+    """Ask spawned app processes (process, pipe) to stop; terminate the ones that do not."""
+    for process, conn in children:
+        with contextlib.suppress(OSError):
+            conn.send("stop")
+        process.join(timeout=10)
+        if process.is_alive():
+            process.terminate()
 
 
 def best_of(fn: Callable[[], object], number: int, repeat: int = 7) -> float:

@@ -19,7 +19,6 @@ request path.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import secrets
@@ -32,7 +31,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import CHARTS, ROOT, Section, ms, percentile
+from benchmarks.common import CHARTS, ROOT, Section, ms, percentile, stop_children
 from revocation import RevocationClient, Revoker, Settings, TokenIssuer
 from revocation.redis_server import RedisServer
 from revocation.settings import to_environment
@@ -113,12 +112,7 @@ def _trials(
             conn.send("report")
             reports.append(conn.recv())
     finally:
-        for process, conn in children:
-            with contextlib.suppress(OSError):
-                conn.send("stop")
-            process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
+        stop_children(children)
         publisher_client.close()
     floor_each, ours_each, floor_all, ours_all = [], [], [], []
     for trial, t0 in floor_t0.items():

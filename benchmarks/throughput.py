@@ -12,7 +12,6 @@ client reports how far behind the head it was.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import secrets
@@ -25,7 +24,7 @@ from multiprocessing.connection import Connection
 
 import redis
 
-from benchmarks.common import ROOT, Section
+from benchmarks.common import ROOT, Section, stop_children
 from revocation import RevocationClient, Revoker, Settings
 from revocation.redis_server import RedisServer
 from revocation.settings import to_environment
@@ -122,12 +121,7 @@ def run(quick: bool, charts: bool) -> Section:
             sampler.join()
             store.client.close()
         finally:
-            for process, conn in children:
-                with contextlib.suppress(OSError):
-                    conn.send("stop")
-                process.join(timeout=10)
-                if process.is_alive():
-                    process.terminate()
+            stop_children(children)
             worker.terminate()
             worker.wait(timeout=10)
     finished = [next((t for t, seq in report if seq >= total), None) for report in reports]
