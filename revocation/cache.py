@@ -154,6 +154,18 @@ class RevocationCache:
                 self.generation += 1
         self.load(others, head)
 
+    def rebase(self, head: int) -> None:
+        """The store's head went back to ``head`` (a failover lost writes, or a
+        replica further behind): follow the store's seqs from there.
+
+        What was applied stays applied (revocations only ever add); seqs after
+        ``head`` will be reused by new commits, so they must apply again.
+        """
+        with self._lock:
+            self.applied_seq = min(self.applied_seq, head)
+            self.known_head = min(self.known_head, head)
+            self._pending.clear()
+
     def sweep(self) -> int:
         """Drop entries that can no longer match a valid token; returns how many."""
         now = self._clock()

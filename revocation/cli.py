@@ -14,12 +14,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .connections import sync_client
 from .errors import RevocationError
 from .revoker import Revoker
 from .settings import Settings
 from .store import Store
 from .tokens import TokenIssuer
+from .topology import Topology
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -59,11 +59,15 @@ def _revoke(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    client = sync_client(settings, "admin")
+    topology = Topology(settings)
+    client: Any = topology.client("admin")
     try:
         store = Store(client, settings.namespace)
         counts = store.counts()
-        subscribers = client.pubsub_numsub(store.keys.channel)[0][1]
+        numsub = "PUBSUB SHARDNUMSUB" if topology.sharded else "PUBSUB NUMSUB"
+        reply = client.execute_command(numsub, store.keys.channel)
+        # redis-py pairs up NUMSUB's reply; SHARDNUMSUB's comes flat.
+        subscribers = int(reply[0][1] if isinstance(reply[0], tuple | list) else reply[1])
     finally:
         client.close()
     if args.json:

@@ -39,7 +39,6 @@ from typing import Any
 import redis
 
 from .cache import RevocationCache
-from .connections import sync_client
 from .errors import (
     ConfigError,
     RevocationUnavailable,
@@ -53,6 +52,7 @@ from .logs import ThrottledLogger
 from .settings import Settings
 from .store import Keys, Store
 from .tokens import Session, TokenVerifier
+from .topology import Topology
 
 log = logging.getLogger("revocation.client")
 DRAIN_INTERVAL = 0.0005
@@ -128,8 +128,8 @@ class RevocationClient:
         self._on_applied = on_applied
         self._throttled = ThrottledLogger(log)
         self._counts: dict[str, int] = {"fallbacks": 0, "stale_denied": 0, "stale_allowed": 0}
-        self._listener_store = Store(sync_client(settings, "listener"), settings.namespace)
-        self._fallback_store = Store(sync_client(settings, "fallback"), settings.namespace)
+        self._topology = Topology(settings)
+        self._fallback_store = Store(self._topology.client("fallback"), settings.namespace)
         self._started = False
         self._forked = False
         self._init_process_state()
@@ -144,7 +144,7 @@ class RevocationClient:
             self._settings,
             self._cache,
             self._codec,
-            self._listener_store,
+            self._topology,
             self._channel,
             clock=self._clock,
             on_change=self._invalidate_window,
@@ -192,8 +192,7 @@ class RevocationClient:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-        for store in (self._listener_store, self._fallback_store):
-            store.client.close()
+        self._fallback_store.client.close()
         self._listener.fresh_until = 0.0
         self._invalidate_window()
 

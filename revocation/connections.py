@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -50,8 +49,3 @@ def options(settings: Settings, purpose: Purpose) -> dict[str, Any]:
         "socket_keepalive": True,
         "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
     }
-
-
-def sync_client(settings: Settings, purpose: Purpose, **overrides: Any) -> redis.Redis:
-    """A redis-py client configured for ``purpose``."""
-    return redis.Redis.from_url(settings.redis_url, **{**options(settings, purpose), **overrides})

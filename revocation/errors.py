@@ -11,10 +11,15 @@ their JSON error bodies::
     │   ├── TryRefreshToken         code "try_refresh_token"  (expired)
     │   └── TokenRevoked            code "token_revoked"
     ├── RevocationUnavailable       code "revocation_unavailable" (HTTP 503)
-    └── ConfigError                 code "config_error" (also a ValueError)
+    ├── ConfigError                 code "config_error" (also a ValueError)
+    ├── StoreUnavailable            code "store_unavailable"
+    │   └── NotReplicated           code "not_replicated" (committed, replicas behind)
+    └── PropagationTimeout          code "propagation_timeout" (committed, clients behind)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class RevocationError(Exception):
@@ -87,3 +92,31 @@ class StoreUnavailable(RevocationError):
     """The store could not be reached or did not answer in time."""
 
     code = "store_unavailable"
+
+
+class NotReplicated(StoreUnavailable):
+    """``revoke()`` with ``replica_acks``: the master committed the revocation, but
+    fewer replicas than asked acknowledged it within ``replica_ack_timeout``.
+
+    The revocation is in force (``committed`` holds the records), but a failover
+    before a replica has it could lose it. Revoking the same target again is safe.
+    """
+
+    code = "not_replicated"
+
+    def __init__(self, message: str, *, committed: list[Any], acknowledged: int) -> None:
+        super().__init__(message)
+        self.committed = committed
+        self.acknowledged = acknowledged
+
+
+class PropagationTimeout(RevocationError):
+    """``revoke(..., wait=seconds)``: the revocation is committed, but some live
+    clients had not applied it when the time ran out; ``behind`` lists them."""
+
+    code = "propagation_timeout"
+
+    def __init__(self, message: str, *, revocation: Any, behind: list[Any]) -> None:
+        super().__init__(message)
+        self.revocation = revocation
+        self.behind = behind

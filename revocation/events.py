@@ -130,6 +130,9 @@ class Heartbeat:
 
     head: int
     sent_at: float
+    epoch: str = ""
+    """The replication id of the master that dated it: it changes when a replica
+    is promoted (or a server restarts), and with it the seq history may fork."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,7 @@ class _HeartbeatPayload(BaseModel):
     type: Literal["heartbeat"]
     head: int = Field(ge=0, strict=True)
     sent_at: float
+    epoch: str = Field(default="", max_length=64, strict=True)
 
 
 class _EventsPayload(BaseModel):
@@ -192,11 +196,12 @@ class Codec:
         """A frame relaying ``records`` (store JSON, in seq order)."""
         return self._frame(b'{"v":1,"type":"events","events":[' + b",".join(records) + b"]}")
 
-    def heartbeat(self, head: int, sent_at: float) -> bytes:
+    def heartbeat(self, head: int, sent_at: float, epoch: str = "") -> bytes:
         """A heartbeat frame."""
-        return self._frame(
-            orjson.dumps({"v": WIRE_VERSION, "type": "heartbeat", "head": head, "sent_at": sent_at})
-        )
+        message = {"v": WIRE_VERSION, "type": "heartbeat", "head": head, "sent_at": sent_at}
+        if epoch:
+            message["epoch"] = epoch
+        return self._frame(orjson.dumps(message))
 
     def decode(self, frame: bytes) -> Heartbeat | Events:
         """The message in ``frame``.
@@ -234,7 +239,7 @@ class Codec:
         try:
             if message.get("type") == "heartbeat":
                 beat = _HeartbeatPayload.model_validate(message)
-                return Heartbeat(beat.head, beat.sent_at)
+                return Heartbeat(beat.head, beat.sent_at, beat.epoch)
             events = _EventsPayload.model_validate(message)
         except ValidationError as exc:
             raise BadMessage("invalid", f"{exc.error_count()} validation errors") from None

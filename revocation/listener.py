@@ -34,12 +34,12 @@ from typing import Any
 import redis
 
 from .cache import RevocationCache
-from .connections import options
 from .errors import StoreUnavailable
 from .events import BadMessage, Codec, Events
 from .logs import ThrottledLogger
 from .settings import Settings
 from .store import Store
+from .topology import Node, Topology
 
 log = logging.getLogger("revocation.client")
 SWEEP_INTERVAL = 1.0
@@ -56,7 +56,7 @@ class Listener:
         settings: Settings,
         cache: RevocationCache,
         codec: Codec,
-        store: Store,
+        topology: Topology,
         channel: str,
         *,
         clock: Callable[[], float],
@@ -66,7 +66,8 @@ class Listener:
         self._settings = settings
         self._cache = cache
         self._codec = codec
-        self._store = store
+        self._topology = topology
+        self._store: Store | None = None
         self._channel = channel
         self._clock = clock
         self._on_change = on_change
@@ -82,10 +83,14 @@ class Listener:
         """Client-clock time until which the local copy may be trusted (0: stale)."""
         self._newest_beat = 0.0
         """The newest heartbeat's date, on the Redis server's clock."""
+        self._epoch: str | None = None
+        """The master's replication id, from heartbeats and catch-ups."""
         self.last_heartbeat: float | None = None
         """Monotonic time the last heartbeat was received; None when disconnected."""
         self.last_received = 0.0
         self.connected = False
+        self.node: Node | None = None
+        """The server this listener subscribes to and catches up from."""
         self.dropped: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
 
@@ -115,21 +120,28 @@ class Listener:
         """The listener thread's body: connect, listen, reconnect, until ``stop``."""
         backoff = BACKOFF_FIRST
         while not self.stop.is_set():
-            pool = redis.ConnectionPool.from_url(
-                self._settings.redis_url, **options(self._settings, "listener")
-            )
-            connection: Any = pool.make_connection()
+            topology = self._topology
+            connection: Any = None
+            pools: list[redis.ConnectionPool] = []
             started = time.monotonic()
             try:
+                # The node is resolved on every (re)connection: after a failover the
+                # master (or the replica picked) may be another server.
+                node = topology.subscriber_node(self._settings.subscribe_from)
+                pools = [topology.node_pool(node, "listener") for _ in range(2)]
+                connection = pools[0].make_connection()
+                self._store = Store(redis.Redis(connection_pool=pools[1]), self._settings.namespace)
                 connection.connect()
-                connection.send_command("SUBSCRIBE", self._channel)
+                connection.send_command(topology.subscribe_command, self._channel)
                 poller = select.poll()
                 poller.register(connection._sock, select.POLLIN)
                 with self._io_lock:
                     self._connection, self._broken = connection, False
                     self._poller = poller
+                    self.node = node
                 self._listen(connection)
             except (redis.RedisError, OSError, StoreUnavailable) as exc:
+                topology.invalidate()
                 if not self.stop.is_set():
                     self.counts["reconnects"] += 1
                     self._throttled.warning("disconnected", "listener disconnected: %s", exc)
@@ -140,8 +152,10 @@ class Listener:
                     self.connected = False
                     self.last_heartbeat = None
                     self.fresh_until = 0.0
-                connection.disconnect()
-                pool.disconnect()
+                if connection is not None:
+                    connection.disconnect()
+                for pool in pools:
+                    pool.disconnect()
                 self._on_change()
             if time.monotonic() - started > BACKOFF_MAX * 2:
                 backoff = BACKOFF_FIRST
@@ -217,11 +231,14 @@ class Listener:
         if not isinstance(reply, list) or not reply:
             return
         kind = reply[0]
-        if kind == b"subscribe":
+        if kind in (b"subscribe", b"ssubscribe"):
             self.connected = True
             self.resync.set()  # a (re)subscription may have missed events
             return
-        if kind != b"message" or len(reply) < 3:
+        if kind == b"sunsubscribe":
+            # Redis Cluster ends shard-channel subscriptions when the slot moves.
+            raise redis.ConnectionError("the shard channel moved to another node")
+        if kind not in (b"message", b"smessage") or len(reply) < 3:
             return  # PONG
         try:
             message = self._codec.decode(reply[2])
@@ -244,17 +261,56 @@ class Listener:
                 self.dropped["stale_heartbeat"] += 1
                 return
             self._newest_beat = message.sent_at
+            if self._note_epoch(message.epoch):
+                return  # a full reload starts; this heartbeat vouches for nothing yet
             self._cache.note_head(message.head)
             self.last_heartbeat = time.monotonic()
+
+    def _note_epoch(self, epoch: str) -> bool:
+        """Learn the master's epoch; True when it changed (a full reload is under way)."""
+        if not epoch or epoch == self._epoch:
+            return False
+        known, self._epoch = self._epoch, epoch
+        if known is None:
+            return False
+        self._rebase(f"the master changed (epoch {known[:8]} -> {epoch[:8]})")
+        return True
+
+    def _rebase(self, why: str) -> None:
+        # Seqs after the fork point may name other revocations on the new master,
+        # and the fork point is unknown: forget the seq bookkeeping (never the
+        # revocations) and load the store's whole log again.
+        self.counts["rebases"] += 1
+        log.warning(
+            "%s: reloading the revocation log",
+            why,
+            extra={"applied_seq": self._cache.applied_seq, "node": str(self.node)},
+        )
+        self._cache.rebase(0)
+        self.resync.set()
 
     def _catch_up(self) -> None:
         """Load what the store has after ``applied_seq``. Caller holds ``_io_lock``."""
         self.resync.clear()
         applied = self._cache.applied_seq
+        store = self._store
+        if store is None:
+            raise StoreUnavailable("catch-up before connecting")
         try:
-            # Heartbeats dated before this moment say nothing this catch-up does not.
-            self._newest_beat = max(self._newest_beat, self._store.time())
-            head, pages = self._store.pages_since(applied)
+            # Heartbeats up to the newest one sent say nothing this catch-up does not
+            # (dated by the master's clock, like every heartbeat).
+            beat, epoch = store.last_beat()
+            self._newest_beat = max(self._newest_beat, beat)
+            if self._note_epoch(epoch):
+                applied = 0
+            head, pages = store.pages_since(applied)
+            if head < applied:
+                # The store is behind this client: a failover lost writes the old
+                # master had not replicated (new commits reuse their seqs), or
+                # this replica is further behind than the last one. Reload it all.
+                self._rebase(f"store head {head} is behind the {applied} applied here")
+                head, pages = store.pages_since(0)
+            self.resync.clear()  # a rebase above asked for the reload this is
             self._cache.load_raw(pages, head)
         except redis.RedisError as exc:
             self.resync.set()

@@ -22,12 +22,12 @@ from typing import Any
 
 import redis
 
-from .connections import sync_client
 from .errors import StoreUnavailable
 from .events import EVERYONE, Kind, Revocation, record_body
 from .settings import Settings
 from .store import Store, commit_args
 from .tokens import TokenVerifier
+from .topology import sync_client
 
 
 class Revoker:
@@ -78,11 +78,13 @@ class Revoker:
             ValueError: not exactly one target, or an empty one.
             InvalidToken: ``token`` is not a token signed by a known key.
             StoreUnavailable: the store could not commit it (nothing was revoked).
+            NotReplicated: with ``replica_acks``, committed on the master but not
+                acknowledged by enough replicas in time (in force; revoking again is safe).
         """
         kind, subject, exp = self._target(token, jti, session_handle, user_id, everyone)
         try:
             revoked_at = self._store.time()
-            return self._store.commit(self._args(kind, subject, exp, revoked_at, reason))
+            return self._commit([self._args(kind, subject, exp, revoked_at, reason)])[0]
         except redis.RedisError as exc:
             raise StoreUnavailable(f"revocation not committed: {exc}") from exc
 
@@ -135,7 +137,7 @@ class Revoker:
             return []
         try:
             revoked_at = self._store.time()
-            return self._store.commit_many(
+            return self._commit(
                 [
                     self._args(kind, subject, exp, revoked_at, reason)
                     for kind, subject, exp in resolved
@@ -143,6 +145,12 @@ class Revoker:
             )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"revocations not (all) committed: {exc}") from exc
+
+    def _commit(self, args: list[list[Any]]) -> list[Revocation]:
+        settings = self._settings
+        return self._store.commit_many(
+            args, replicas=settings.replica_acks, replica_timeout=settings.replica_ack_timeout
+        )
 
     def _target(
         self,

@@ -22,6 +22,15 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 # RFC 7518 section 3.2: an HMAC key at least as long as the hash output.
 MIN_HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 MIN_EVENT_KEY_BYTES = 32
+_URL_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -38,7 +47,24 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="The store and bus: redis://, rediss:// (TLS) or unix://.",
+        description="The store and bus: redis://, rediss:// (TLS) or unix:// for one server; "
+        "redis+sentinel://host:26379,.../<service> for a Sentinel-managed master; "
+        "redis+cluster://host:port,... for a Redis Cluster (rediss+... for TLS).",
+    )
+    subscribe_from: Literal["primary", "replica"] = Field(
+        default="primary",
+        description="Where app processes subscribe and catch up: the master, or one of its "
+        "replicas picked at random (spreads the fan-out; the master when none answers).",
+    )
+    replica_acks: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="revoke() returns only once this many replicas acknowledged the write "
+        "(Redis WAIT); 0: once the master has it.",
+    )
+    replica_ack_timeout: float = Field(
+        default=1.0, gt=0, le=60, description="Seconds revoke() waits for replica_acks."
     )
     namespace: str = Field(
         default="revocation",
@@ -120,8 +146,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url_has_a_known_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(_URL_SCHEMES):
+            raise ValueError("must start with " + ", ".join(_URL_SCHEMES))
         return value
 
     @field_validator("event_key")

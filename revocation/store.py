@@ -11,6 +11,7 @@ Keys (all in one hash slot, ``{namespace}``, so scripts work on Redis Cluster):
 ``{ns}:rec_exp``       zset ``kind:subject`` -> ``expires_at``, for the purge
 ``{ns}:wake``          list of at most one item, the newest record: wakes a worker
 ``{ns}:relayed``       highest ``seq`` some worker has published
+``{ns}:beat``          the newest heartbeat: its Redis TIME and epoch (``sec.usec replid``)
 =====================  =====================================================
 
 A commit is one Lua script: INCR the head, add the record to the log and the
@@ -29,6 +30,7 @@ from typing import Any
 
 import redis
 
+from .errors import NotReplicated
 from .events import Kind, Revocation, parse_records
 from .tokens import Session
 
@@ -70,8 +72,11 @@ end
 return {#seqs, #fields}
 """
 
-# Returns {head, relayed, skipped, seconds, microseconds, records...}: the server's
-# TIME dates the heartbeat that follows. A backlog longer than ARGV[2]
+# Returns {head, relayed, skipped, seconds, microseconds, epoch, records...}: the
+# server's TIME dates the heartbeat that follows. When ARGV[3] is 1 (a heartbeat
+# is due) the epoch is the master's replication id, which changes when a replica
+# is promoted, and "time epoch" is kept in KEYS[4]: a catch-up reads it, and no
+# heartbeat older than it can be news. A backlog longer than ARGV[2]
 # is skipped, not relayed: clients see the head in the next heartbeat and
 # catch up from the store, which is faster than replaying it on the channel.
 _PENDING = """
@@ -85,6 +90,13 @@ if head - relayed > tonumber(ARGV[2]) then
 end
 local records = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. relayed, head, 'LIMIT', 0, ARGV[1])
 local now = redis.call('TIME')
+local epoch = ''
+if ARGV[3] == '1' then
+  epoch = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+  local date = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+  redis.call('SET', KEYS[4], date .. ' ' .. epoch)
+end
+table.insert(records, 1, epoch)
 table.insert(records, 1, now[2])
 table.insert(records, 1, now[1])
 table.insert(records, 1, skipped)
@@ -118,6 +130,7 @@ class Keys:
     rec_exp: str
     wake: str
     relayed: str
+    beat: str
     channel: str
 
     @property
@@ -137,6 +150,7 @@ class Keys:
             rec_exp=f"{tag}:rec_exp",
             wake=f"{tag}:wake",
             relayed=f"{tag}:relayed",
+            beat=f"{tag}:beat",
             channel=f"{tag}:events",
         )
 
@@ -150,12 +164,14 @@ class Pending:
     skipped: int
     time: float
     """The Redis server's clock when this was read."""
+    epoch: str
+    """The master's replication id (read only when a heartbeat is due; else empty)."""
     records: list[bytes]
 
 
 def server_time(reply: Sequence[Any]) -> float:
-    """Unix time from a Redis TIME reply."""
-    return int(reply[0]) + int(reply[1]) / 1_000_000
+    """Unix time from a Redis TIME reply (the same float as the ``beat`` key's text)."""
+    return float(f"{int(reply[0])}.{int(reply[1]):06d}")
 
 
 def commit_args(
@@ -186,8 +202,9 @@ def first_match(
 
 
 def _pending(reply: list[Any]) -> Pending:
+    epoch = reply[5].decode() if isinstance(reply[5], bytes) else str(reply[5])
     return Pending(
-        int(reply[0]), int(reply[1]), int(reply[2]), server_time(reply[3:5]), list(reply[5:])
+        int(reply[0]), int(reply[1]), int(reply[2]), server_time(reply[3:5]), epoch, list(reply[6:])
     )
 
 
@@ -212,12 +229,39 @@ class Store:
         """Commit one record (see :func:`commit_args`); returns it with its seq."""
         return self.commit_many([args])[0]
 
-    def commit_many(self, args: list[list[Any]], *, chunk: int = 1000) -> list[Revocation]:
-        """Commit records in order, ``chunk`` per script call (each call is atomic)."""
+    def commit_many(
+        self,
+        args: list[list[Any]],
+        *,
+        chunk: int = 1000,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
+    ) -> list[Revocation]:
+        """Commit records in order, ``chunk`` per script call (each call is atomic).
+
+        With ``replicas``, each call is followed by ``WAIT`` on the same
+        connection: it returns once that many replicas acknowledged the writes,
+        else raises :class:`NotReplicated` (the records are committed on the
+        master, but a failover could lose them).
+        """
         records: list[bytes] = []
         for start in range(0, len(args), chunk):
             flat = [value for one in args[start : start + chunk] for value in one]
-            records += self._commit(keys=self.keys.commit_keys, args=flat)
+            if not replicas:
+                records += self._commit(keys=self.keys.commit_keys, args=flat)
+                continue
+            pipe = self._redis.pipeline(transaction=False)
+            self._commit(keys=self.keys.commit_keys, args=flat, client=pipe)
+            pipe.execute_command("WAIT", replicas, max(1, int(replica_timeout * 1000)))
+            committed, acknowledged = pipe.execute()
+            records += committed
+            if int(acknowledged) < replicas:
+                raise NotReplicated(
+                    f"committed on the master but acknowledged by {acknowledged} of "
+                    f"{replicas} replica(s) in {replica_timeout}s: a failover now could lose it",
+                    committed=parse_records(records),
+                    acknowledged=int(acknowledged),
+                )
         return parse_records(records)
 
     def head(self) -> int:
@@ -274,11 +318,24 @@ class Store:
             if log < PURGE_BATCH and records < PURGE_BATCH:
                 return total_log, total_records
 
-    def pending(self, batch: int, max_backlog: int) -> Pending:
-        """Records committed but not yet relayed, oldest first, at most ``batch``."""
+    def pending(self, batch: int, max_backlog: int, *, heartbeat: bool = False) -> Pending:
+        """Records committed but not yet relayed, oldest first, at most ``batch``.
+
+        With ``heartbeat``, the reply's time is also kept as the newest heartbeat's date.
+        """
         k = self.keys
-        reply = self._pending(keys=[k.seq, k.log, k.relayed], args=[batch, max_backlog])
+        reply = self._pending(
+            keys=[k.seq, k.log, k.relayed, k.beat], args=[batch, max_backlog, int(heartbeat)]
+        )
         return _pending(reply)
+
+    def last_beat(self) -> tuple[float, str]:
+        """``(date, epoch)`` of the newest heartbeat a worker sent; ``(0, "")`` before one."""
+        value = self._redis.get(self.keys.beat)
+        if not value:
+            return 0.0, ""
+        date, _, epoch = value.decode().partition(" ")
+        return float(date), epoch
 
     def advance(self, relayed: int, *, pipe: redis.client.Pipeline | None = None) -> None:
         """Record that everything up to ``relayed`` was published (never moves back).

@@ -30,14 +30,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
-from .connections import sync_client
 from .errors import ConfigError
 from .events import Codec, bus_key
 from .settings import Settings
 from .store import Store
+from .topology import Topology
 
 log = logging.getLogger("revocation.worker")
 
@@ -89,9 +90,11 @@ class Publisher:
         )
         self._codec = Codec(key, require_signature=False)
         self._settings = settings
-        self._client = sync_client(
-            settings, "worker", socket_timeout=settings.heartbeat_interval + 5.0
+        self.topology = Topology(settings)
+        self._client = self.topology.client(
+            "worker", socket_timeout=settings.heartbeat_interval + 5.0
         )
+        self._publish = self.topology.publish_command
         self.store = Store(self._client, settings.namespace)
         self._batch = batch
         self._max_backlog = max_backlog
@@ -105,7 +108,7 @@ class Publisher:
 
     def relay_once(self, *, heartbeat: bool) -> int:
         """Publish what is pending (at most one batch); returns how many records."""
-        pending = self.store.pending(self._batch, self._max_backlog)
+        pending = self.store.pending(self._batch, self._max_backlog, heartbeat=heartbeat)
         if pending.skipped:
             self.stats.skipped_events += pending.skipped
             log.warning(
@@ -113,17 +116,18 @@ class Publisher:
                 pending.skipped,
                 extra={"skipped": pending.skipped, "head": pending.head},
             )
-        pipe = self._client.pipeline(transaction=False)
+        pipe: Any = self._client.pipeline(transaction=False)
         channel = self.store.keys.channel
         if pending.records:
-            pipe.publish(channel, self._codec.events(pending.records))
+            pipe.execute_command(self._publish, channel, self._codec.events(pending.records))
         done = pending.head if len(pending.records) < self._batch else _seq_of(pending.records[-1])
         if done > pending.relayed:
             self.store.advance(done, pipe=pipe)
         if heartbeat:
             # Dated by the Redis server's clock: clients refuse a heartbeat that is not
             # newer than every one they have seen, so a replayed one proves nothing.
-            pipe.publish(channel, self._codec.heartbeat(pending.head, pending.time))
+            beat = self._codec.heartbeat(pending.head, pending.time, pending.epoch)
+            pipe.execute_command(self._publish, channel, beat)
         if len(pipe):
             pipe.execute()
         self._known_relayed = max(done, pending.relayed)
@@ -143,8 +147,8 @@ class Publisher:
         seq = _seq_of(record)
         if self._known_relayed is None or seq != self._known_relayed + 1:
             return False
-        pipe = self._client.pipeline(transaction=False)
-        pipe.publish(self.store.keys.channel, self._codec.events([record]))
+        pipe: Any = self._client.pipeline(transaction=False)
+        pipe.execute_command(self._publish, self.store.keys.channel, self._codec.events([record]))
         self.store.advance(seq, pipe=pipe)
         pipe.execute()
         self._known_relayed = seq

@@ -6,7 +6,7 @@ import fakeredis
 import pytest
 
 from revocation import Revoker, Settings, TokenIssuer
-from revocation.connections import sync_client
+from revocation.topology import sync_client
 from revocation.events import record_body
 from revocation.redis_server import RedisServer
 from revocation.store import Keys, Store, commit_args
