@@ -81,6 +81,10 @@ class Status:
     stale_allowed: int
     reconnects: int
     catch_ups: int
+    rebases: int
+    """Full reloads after the store's seq history forked (a failover that lost writes)."""
+    node: str | None
+    """The server the listener subscribes to (``host:port``, ``(replica)`` when one)."""
     dropped_messages: Mapping[str, int]
     """Bus messages dropped, by reason: ``malformed``, ``too_large``, ``unsigned``,
     ``bad_signature``, ``bad_version``, ``invalid``, ``stale_heartbeat`` (a heartbeat
@@ -236,6 +240,8 @@ class RevocationClient:
             stale_allowed=self._counts["stale_allowed"],
             reconnects=listener.counts["reconnects"],
             catch_ups=listener.counts["catch_ups"],
+            rebases=listener.counts["rebases"],
+            node=None if listener.node is None else str(listener.node),
             dropped_messages=MappingProxyType(dict(listener.dropped)),
         )
 

