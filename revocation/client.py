@@ -47,8 +47,10 @@ from .errors import (
     TryRefreshToken,
 )
 from .events import Codec, Revocation, bus_key
+from .histogram import HistogramSnapshot
 from .listener import Listener
 from .logs import ThrottledLogger
+from .presence import Reporter
 from .settings import Settings
 from .store import Keys, Store
 from .tokens import Session, TokenVerifier
@@ -136,6 +138,8 @@ class RevocationClient:
         self._fallback_store = Store(self._topology.client("fallback"), settings.namespace)
         self._started = False
         self._forked = False
+        self._presence_client: redis.Redis | None = None
+        self._collector: Any = None
         self._init_process_state()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _mark_forked(ref))
@@ -153,7 +157,9 @@ class RevocationClient:
             clock=self._clock,
             on_change=self._invalidate_window,
             on_applied=self._on_applied,
+            on_report=self._wake_presence,
         )
+        self._presence: Reporter | None = None
         self._thread: threading.Thread | None = None
         self._next_drain = 0.0
         self._window_until = 0.0
@@ -183,12 +189,34 @@ class RevocationClient:
             target=self._listener.run_forever, name="revocation-listener", daemon=True
         )
         self._thread.start()
+        if self._settings.presence_interval > 0:
+            if self._presence_client is None:
+                self._presence_client = self._topology.client("presence")
+            self._presence = Reporter(
+                self._presence_client,
+                Keys.for_namespace(self._settings.namespace),
+                self._settings.presence_interval,
+                self._presence_state,
+            )
+            self._presence.start()
+        if self._settings.metrics and self._collector is None:
+            from .metrics import register_client  # noqa: PLC0415  (optional dependency)
+
+            self._collector = register_client(self)
         return self
 
     def close(self) -> None:
         """Stop the listener and release connections. The client is then stale."""
         self._started = False
         self._listener.stop.set()
+        if self._presence is not None:
+            self._presence.stop()
+            self._presence = None
+        if self._collector is not None:
+            from .metrics import unregister  # noqa: PLC0415  (optional dependency)
+
+            unregister(self._collector)
+            self._collector = None
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self._settings.max_staleness + 5.0)
@@ -197,6 +225,9 @@ class RevocationClient:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         self._fallback_store.client.close()
+        if self._presence_client is not None:
+            self._presence_client.close()
+            self._presence_client = None
         self._listener.fresh_until = 0.0
         self._invalidate_window()
 
@@ -221,6 +252,32 @@ class RevocationClient:
             self.start()
 
     # -- state -------------------------------------------------------------
+
+    @property
+    def id(self) -> str | None:
+        """This process's presence id (``host:pid:random``) while it reports one."""
+        presence = self._presence
+        return None if presence is None else presence.id
+
+    @property
+    def propagation(self) -> HistogramSnapshot:
+        """Seconds from ``revoked_at`` to receipt here, for revocations received on the bus."""
+        return self._listener.delays.snapshot()
+
+    def _presence_state(self) -> dict[str, Any]:
+        cache, listener = self._cache, self._listener
+        return {
+            "applied_seq": cache.applied_seq,
+            "head_seq": cache.known_head,
+            "fresh": listener.is_fresh(),
+            "node": None if listener.node is None else str(listener.node),
+            "size": cache.size,
+        }
+
+    def _wake_presence(self) -> None:
+        presence = self._presence
+        if presence is not None:
+            presence.wake()
 
     def status(self) -> Status:
         """A snapshot of this client's state."""

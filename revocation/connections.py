@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from .settings import Settings
 
-Purpose = Literal["admin", "worker", "fallback", "listener"]
+Purpose = Literal["admin", "worker", "fallback", "listener", "presence"]
 
 
 def options(settings: Settings, purpose: Purpose) -> dict[str, Any]:
@@ -31,6 +31,14 @@ def options(settings: Settings, purpose: Purpose) -> dict[str, Any]:
         return {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+    if purpose == "presence":
+        # A client's presence reports: its own thread, a missed report is retried
+        # at the next one.
+        return {
+            "socket_timeout": 2.0,
+            "socket_connect_timeout": 1.0,
             "retry": Retry(NoBackoff(), 0),
         }
     if purpose == "listener":

@@ -52,6 +52,8 @@ class Revocation(BaseModel):
     expires_at: float
     not_before: float | None = None
     reason: Annotated[str, Field(max_length=1024)] | None = None
+    confirm: bool = Field(default=False, strict=True)
+    """``revoke(..., wait=)`` awaits it: clients report their presence at once on applying it."""
 
     @model_validator(mode="after")
     def _coherent(self) -> Revocation:
@@ -86,6 +88,7 @@ def record_body(
     expires_at: float,
     not_before: float | None,
     reason: str | None,
+    confirm: bool = False,
 ) -> bytes:
     """A record's JSON without ``seq``, as the store's commit script expects it.
 
@@ -100,6 +103,7 @@ def record_body(
         expires_at=expires_at,
         not_before=not_before,
         reason=reason,
+        confirm=confirm,
     )
     body: dict[str, Any] = {
         "kind": kind,
@@ -111,6 +115,8 @@ def record_body(
         body["not_before"] = not_before
     if reason is not None:
         body["reason"] = reason
+    if confirm:
+        body["confirm"] = True
     return orjson.dumps(body)
 
 

@@ -36,12 +36,13 @@ import redis
 from .cache import RevocationCache
 from .errors import StoreUnavailable
 from .events import BadMessage, Codec, Events
+from .histogram import Histogram
 from .logs import ThrottledLogger
 from .settings import Settings
 from .store import Store
 from .topology import Node, Topology
 
-log = logging.getLogger("revocation.client")
+log = logging.getLogger("revocation.listener")
 SWEEP_INTERVAL = 1.0
 POLL_INTERVAL = 0.05
 BACKOFF_FIRST = 0.05
@@ -62,6 +63,7 @@ class Listener:
         clock: Callable[[], float],
         on_change: Callable[[], None],
         on_applied: Callable[[int], None] | None = None,
+        on_report: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._cache = cache
@@ -72,6 +74,9 @@ class Listener:
         self._clock = clock
         self._on_change = on_change
         self._on_applied = on_applied
+        self._on_report = on_report
+        self.delays = Histogram()
+        """Seconds from ``revoked_at`` (Redis clock) to receipt here, per bus event."""
         self._throttled = ThrottledLogger(log)
         self._io_lock = threading.Lock()
         self._connection: Any = None
@@ -247,13 +252,18 @@ class Listener:
             self._throttled.warning(exc.reason, "dropped bus message: %s", exc)
             return
         if isinstance(message, Events):
-            horizon = self._clock() - self._settings.leeway
+            now = self._clock()
+            horizon = now - self._settings.leeway
             applied = self._cache.applied_seq
+            confirm = False
             for revocation in message.revocations:
-                if revocation.expires_at > horizon:
-                    self._cache.offer(revocation)
+                if revocation.expires_at > horizon and self._cache.offer(revocation):
+                    self.delays.observe(now - revocation.revoked_at)
+                    confirm = confirm or revocation.confirm
             if self._on_applied is not None and self._cache.applied_seq != applied:
                 self._on_applied(self._cache.applied_seq)
+            if confirm and self._on_report is not None:
+                self._on_report()
         else:
             if message.sent_at <= self._newest_beat:
                 # Not newer than what this client knows of the store's clock: a replay
@@ -264,7 +274,10 @@ class Listener:
             if self._note_epoch(message.epoch):
                 return  # a full reload starts; this heartbeat vouches for nothing yet
             self._cache.note_head(message.head)
+            first = self.last_heartbeat is None
             self.last_heartbeat = time.monotonic()
+            if first and self._on_report is not None:
+                self._on_report()  # (re)connected and heartbeating: worth a presence report
 
     def _note_epoch(self, epoch: str) -> bool:
         """Learn the master's epoch; True when it changed (a full reload is under way)."""
@@ -319,7 +332,10 @@ class Listener:
         # that arrived meanwhile wait in the socket, to be read next.
         self.last_received = time.monotonic()
         self.counts["catch_ups"] += 1
-        if self._on_applied is not None and self._cache.applied_seq != applied:
-            self._on_applied(self._cache.applied_seq)
+        if self._cache.applied_seq != applied:
+            if self._on_applied is not None:
+                self._on_applied(self._cache.applied_seq)
+            if self._on_report is not None:
+                self._on_report()  # it may hold a revocation someone waits for
         self._refresh()
         self._on_change()

@@ -16,14 +16,17 @@ before the revocation through. Keep the hosts on NTP (typical skew: ms).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
 import redis
 
-from .errors import StoreUnavailable
+from . import presence
+from .errors import PropagationTimeout, StoreUnavailable
 from .events import EVERYONE, Kind, Revocation, record_body
+from .presence import Member
 from .settings import Settings
 from .store import Store, commit_args
 from .tokens import TokenVerifier
@@ -65,6 +68,7 @@ class Revoker:
         user_id: str | None = None,
         everyone: bool = False,
         reason: str | None = None,
+        wait: float | None = None,
     ) -> Revocation:
         """Revoke exactly one target and return the committed record.
 
@@ -74,19 +78,30 @@ class Revoker:
         - ``user_id``: every token of the user issued before now;
         - ``everyone=True``: every token issued before now.
 
+        With ``wait`` (seconds), it returns only once every live client (see
+        :mod:`revocation.presence`) has applied the revocation.
+
         Raises:
             ValueError: not exactly one target, or an empty one.
             InvalidToken: ``token`` is not a token signed by a known key.
             StoreUnavailable: the store could not commit it (nothing was revoked).
             NotReplicated: with ``replica_acks``, committed on the master but not
                 acknowledged by enough replicas in time (in force; revoking again is safe).
+            PropagationTimeout: with ``wait``, committed, but some live clients had
+                not applied it in time; ``.behind`` lists them.
         """
         kind, subject, exp = self._target(token, jti, session_handle, user_id, everyone)
+        confirm = wait is not None
         try:
             revoked_at = self._store.time()
-            return self._commit([self._args(kind, subject, exp, revoked_at, reason)])[0]
+            record = self._commit(
+                [self._args(kind, subject, exp, revoked_at, reason, confirm=confirm)]
+            )[0]
         except redis.RedisError as exc:
             raise StoreUnavailable(f"revocation not committed: {exc}") from exc
+        if wait is not None:
+            self.await_propagation(record, wait)
+        return record
 
     async def arevoke(
         self,
@@ -97,8 +112,9 @@ class Revoker:
         user_id: str | None = None,
         everyone: bool = False,
         reason: str | None = None,
+        wait: float | None = None,
     ) -> Revocation:
-        """:meth:`revoke` for asyncio code (the commit runs on a worker thread)."""
+        """:meth:`revoke` for asyncio code (the commit and the wait run on a worker thread)."""
         return await asyncio.to_thread(
             self.revoke,
             token=token,
@@ -107,16 +123,22 @@ class Revoker:
             user_id=user_id,
             everyone=everyone,
             reason=reason,
+            wait=wait,
         )
 
     def revoke_many(
-        self, targets: Iterable[Mapping[str, Any]], *, reason: str | None = None
+        self,
+        targets: Iterable[Mapping[str, Any]],
+        *,
+        reason: str | None = None,
+        wait: float | None = None,
     ) -> list[Revocation]:
         """Revoke many targets in one round trip; returns once all are committed.
 
         Each target is a mapping of :meth:`revoke`'s keywords (``{"user_id":
         "alice"}``, ``{"token": ...}``...). All are validated before anything is
-        committed; they share one ``revoked_at``.
+        committed; they share one ``revoked_at``. ``wait``: as for :meth:`revoke`,
+        for the last of them (clients apply revocations in order).
 
         Raises:
             ValueError, InvalidToken: a bad target (nothing was committed).
@@ -135,16 +157,60 @@ class Revoker:
         ]
         if not resolved:
             return []
+        confirm = wait is not None
         try:
             revoked_at = self._store.time()
-            return self._commit(
+            records = self._commit(
                 [
-                    self._args(kind, subject, exp, revoked_at, reason)
+                    self._args(kind, subject, exp, revoked_at, reason, confirm=confirm)
                     for kind, subject, exp in resolved
                 ]
             )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"revocations not (all) committed: {exc}") from exc
+        if wait is not None:
+            self.await_propagation(records[-1], wait)
+        return records
+
+    def live_clients(self) -> list[Member]:
+        """The clients that reported themselves within their ttl, oldest report first."""
+        try:
+            return presence.members(self._store.client, self._store.keys, "client")[0]
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"presence not readable: {exc}") from exc
+
+    def await_propagation(self, revocation: Revocation, timeout: float) -> list[Member]:
+        """Block until every live client has applied ``revocation``; returns them.
+
+        A client counts as live while its last presence report is younger than
+        its ttl (3 ``presence_interval``): a process that died, or froze, for
+        longer drops out of the list, and a frozen one is stale (it asks the
+        store) once it runs again. No live client at all: returns ``[]`` at once.
+
+        Raises:
+            PropagationTimeout: some live clients had not applied it after
+                ``timeout`` seconds; ``.behind`` lists them.
+        """
+        deadline = time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            live = self.live_clients()
+            behind = [m for m in live if m.applied_seq < revocation.seq]
+            if not behind:
+                return live
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                names = ", ".join(
+                    f"{m.id} (applied {m.applied_seq}, reported {m.age:.1f}s ago)" for m in behind
+                )
+                raise PropagationTimeout(
+                    f"revocation seq {revocation.seq} is committed, but {len(behind)} of "
+                    f"{len(live)} live clients had not applied it after {timeout:g}s: {names}",
+                    revocation=revocation,
+                    behind=behind,
+                )
+            time.sleep(min(pause, remaining))  # reports arrive within ~1 ms of applying
+            pause = min(pause * 1.5, 0.05)
 
     def _commit(self, args: list[list[Any]]) -> list[Revocation]:
         settings = self._settings
@@ -192,7 +258,14 @@ class Revoker:
         return "user", value, None
 
     def _args(
-        self, kind: Kind, subject: str, exp: float | None, revoked_at: float, reason: str | None
+        self,
+        kind: Kind,
+        subject: str,
+        exp: float | None,
+        revoked_at: float,
+        reason: str | None,
+        *,
+        confirm: bool = False,
     ) -> list[Any]:
         expires_at = exp if exp is not None else revoked_at + self._settings.access_token_ttl
         not_before = revoked_at if kind in ("user", "all") else None
@@ -203,6 +276,7 @@ class Revoker:
             expires_at=expires_at,
             not_before=not_before,
             reason=reason,
+            confirm=confirm,
         )
         return commit_args(
             kind=kind, subject=subject, body=body, expires_at=expires_at, not_before=not_before

@@ -113,6 +113,18 @@ class Settings(BaseSettings):
         description="Cookie the framework integrations read the token from "
         "(the Authorization header wins).",
     )
+    presence_interval: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="Seconds between a client's presence reports (0: none). An entry not "
+        "renewed for 3 intervals is a dead process's.",
+    )
+    metrics: bool = Field(
+        default=False,
+        description="Register each started client's metrics in prometheus_client's default "
+        "registry (needs the metrics extra).",
+    )
     allow_unsigned_events: bool = Field(
         default=False, description="Let a client run without event_key (accepts unsigned events)."
     )

@@ -12,6 +12,8 @@ Keys (all in one hash slot, ``{namespace}``, so scripts work on Redis Cluster):
 ``{ns}:wake``          list of at most one item, the newest record: wakes a worker
 ``{ns}:relayed``       highest ``seq`` some worker has published
 ``{ns}:beat``          the newest heartbeat: its Redis TIME and epoch (``sec.usec replid``)
+``{ns}:clients``       hash: live clients' presence (see :mod:`revocation.presence`)
+``{ns}:workers``       hash: live workers' presence
 =====================  =====================================================
 
 A commit is one Lua script: INCR the head, add the record to the log and the
@@ -131,6 +133,8 @@ class Keys:
     wake: str
     relayed: str
     beat: str
+    clients: str
+    workers: str
     channel: str
 
     @property
@@ -151,6 +155,8 @@ class Keys:
             wake=f"{tag}:wake",
             relayed=f"{tag}:relayed",
             beat=f"{tag}:beat",
+            clients=f"{tag}:clients",
+            workers=f"{tag}:workers",
             channel=f"{tag}:events",
         )
 

@@ -22,18 +22,17 @@ PUBLISH and advancing the cursor is repeated by the next one: at-least-once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from . import presence
 from .errors import ConfigError
 from .events import Codec, bus_key
 from .settings import Settings
@@ -53,7 +52,12 @@ class WorkerStats:
     skipped_events: int = 0
     purged_log: int = 0
     purged_records: int = 0
+    pruned_members: int = 0
     errors: int = 0
+    head: int = 0
+    """The committed head at the last relay."""
+    backlog: int = 0
+    """Committed but not yet relayed, at the last relay."""
 
 
 def _seq_of(record: bytes) -> int:
@@ -101,8 +105,13 @@ class Publisher:
         self._purge_interval = purge_interval
         self._clock = clock
         self._stop = threading.Event()
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or presence.process_id()
         self.stats = WorkerStats()
+        self._last_success: float | None = None
+        """Monotonic time of the last relay or heartbeat that reached Redis."""
+        self._running = False
+        self._next_presence = 0.0
+        self._next_prune = 0.0
         self._known_relayed: int | None = None
         """Everything up to here was published (by this worker or, per the cursor, another)."""
 
@@ -123,6 +132,18 @@ class Publisher:
         done = pending.head if len(pending.records) < self._batch else _seq_of(pending.records[-1])
         if done > pending.relayed:
             self.store.advance(done, pipe=pipe)
+        presence_due = heartbeat and time.monotonic() >= self._next_presence
+        if presence_due:
+            interval = max(self._settings.presence_interval, self._settings.heartbeat_interval)
+            fields = presence.entry(
+                "worker",
+                self.worker_id,
+                interval * presence.TTL_INTERVALS,
+                applied_seq=max(done, pending.relayed),
+                head_seq=pending.head,
+                fresh=True,
+            )
+            presence.queue_report(pipe, self.store.keys, "worker", fields, pending.time)
         if heartbeat:
             # Dated by the Redis server's clock: clients refuse a heartbeat that is not
             # newer than every one they have seen, so a replayed one proves nothing.
@@ -130,7 +151,12 @@ class Publisher:
             pipe.execute_command(self._publish, channel, beat)
         if len(pipe):
             pipe.execute()
+        if presence_due:
+            self._next_presence = time.monotonic() + self._settings.presence_interval
         self._known_relayed = max(done, pending.relayed)
+        self.stats.head = pending.head
+        self.stats.backlog = max(0, pending.head - self._known_relayed)
+        self._last_success = time.monotonic()
         if pending.records:
             self.stats.frames += 1
             self.stats.relayed_events += len(pending.records)
@@ -152,6 +178,7 @@ class Publisher:
         self.store.advance(seq, pipe=pipe)
         pipe.execute()
         self._known_relayed = seq
+        self._last_success = time.monotonic()
         self.stats.frames += 1
         self.stats.relayed_events += 1
         return True
@@ -162,7 +189,36 @@ class Publisher:
         log_entries, records = self.store.purge(at)
         self.stats.purged_log += log_entries
         self.stats.purged_records += records
+        if self._settings.presence_interval > 0 and time.monotonic() >= self._next_prune:
+            # Dead processes' presence entries, about once per presence ttl.
+            self.stats.pruned_members += presence.prune(self.store.client, self.store.keys)
+            self._next_prune = time.monotonic() + self._settings.presence_interval
         return log_entries, records
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def last_success_age(self) -> float | None:
+        """Seconds since a relay or heartbeat last reached Redis; None before the first."""
+        last = self._last_success
+        return None if last is None else time.monotonic() - last
+
+    def healthy(self) -> tuple[bool, dict[str, Any]]:
+        """``(ok, detail)``: running, and a relay or heartbeat reached Redis lately."""
+        age = self.last_success_age()
+        limit = max(3 * self._settings.heartbeat_interval, 1.0)
+        detail: dict[str, Any] = {
+            "worker": self.worker_id,
+            "last_relay_age": None if age is None else round(age, 3),
+            "head": self.stats.head,
+            "backlog": self.stats.backlog,
+        }
+        if not self._running:
+            return False, {**detail, "reason": "not running"}
+        if age is None or age > limit:
+            return False, {**detail, "reason": f"no relay reached Redis for over {limit:g}s"}
+        return True, detail
 
     def stop(self) -> None:
         """Ask ``run()`` to return (within about one heartbeat interval)."""
@@ -177,7 +233,13 @@ class Publisher:
         next_heartbeat = next_purge = time.monotonic()
         backoff = 0.05
         full_relay = True
-        log.info("worker %s relaying on %s", self.worker_id, self.store.keys.channel)
+        log.info(
+            "worker %s relaying on %s",
+            self.worker_id,
+            self.store.keys.channel,
+            extra={"worker": self.worker_id, "channel": self.store.keys.channel},
+        )
+        self._running = True
         while not self._stop.is_set():
             try:
                 now = time.monotonic()
@@ -200,7 +262,15 @@ class Publisher:
                 self.stats.errors += 1
                 self._known_relayed = None
                 full_relay = True
-                log.warning("store unavailable (%s); retrying in %.2fs", exc, backoff)
+                log.warning(
+                    "store unavailable (%s); retrying in %.2fs",
+                    exc,
+                    backoff,
+                    extra={"worker": self.worker_id, "error": str(exc)},
+                )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
-        log.info("worker %s stopped", self.worker_id)
+        self._running = False
+        with contextlib.suppress(redis.RedisError):
+            presence.withdraw(self.store.client, self.store.keys, "worker", self.worker_id)
+        log.info("worker %s stopped", self.worker_id, extra={"worker": self.worker_id})

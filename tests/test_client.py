@@ -85,8 +85,9 @@ def test_check_database_on_a_fresh_client_sends_no_command_to_redis(
     redis_server: RedisServer,
     start_client: Callable[..., RevocationClient],
 ) -> None:
-    # Slow heartbeats, driven by hand: nothing but the verifies runs meanwhile.
-    settings = make_settings(heartbeat_interval=2.0, max_staleness=10.0)
+    # Slow heartbeats, driven by hand, and no presence thread (it reports from a
+    # thread of its own, off the request path): nothing but the verifies runs meanwhile.
+    settings = make_settings(heartbeat_interval=2.0, max_staleness=10.0, presence_interval=0)
     publisher = Publisher(settings)
     issuer = TokenIssuer(settings)
     revoked, good = issuer.issue("alice"), issuer.issue("bob")

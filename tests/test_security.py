@@ -62,8 +62,10 @@ def test_each_role_can_do_its_part_and_no_more(
         with RevocationClient(app) as client:
             assert client.wait_synced(10)
             with Revoker(admin) as revoker:
-                revocation = revoker.revoke(token=token)
-            assert client.wait_applied(revocation.seq, 5)
+                # wait=: the app role reports its presence, the admin role reads it.
+                revocation = revoker.revoke(token=token, wait=5)
+                assert [m.id for m in revoker.live_clients()] == [client.id]
+            assert client.status().applied_seq >= revocation.seq
             with pytest.raises(TokenRevoked):
                 client.verify(token, check_database=True)
             assert client.verify(other, check_database=True).user_id == "bob"
@@ -83,6 +85,8 @@ def test_each_role_can_do_its_part_and_no_more(
         "run a script": lambda: app_redis.eval("return 1", 0),
         "read another key": lambda: app_redis.get("elsewhere"),
         "delete the records": lambda: app_redis.delete(keys.records),
+        "write the records": lambda: app_redis.hset(keys.records, "token:x", "{}"),
+        "write a worker's presence": lambda: app_redis.hset(keys.workers, "w", "{}"),
     }
     for what, attempt in forbidden.items():
         try:
