@@ -4,6 +4,6 @@ COPY pyproject.toml README.md ./
 COPY revocation ./revocation
 COPY workers ./workers
 COPY examples ./examples
-RUN pip install --no-cache-dir ".[fastapi]" "uvicorn>=0.30,<1"
+RUN pip install --no-cache-dir ".[fastapi,metrics]" "uvicorn>=0.30,<1"
 USER nobody
 CMD ["python", "-m", "workers.publisher"]

@@ -5,8 +5,10 @@ publisher worker (``python -m workers.publisher``) and N app processes, each
 embedding a :class:`RevocationClient`. Then, for each kind of revocation, it
 revokes one token, and every app process reports how long after ``revoke()``
 returned it first rejected the token (``verify(check_database=True)`` in a
-polling loop), and that stateless verification still accepts it. Stops all it
-started. Exit status 0 only if every process rejected every revoked token.
+polling loop), and that stateless verification still accepts it. Last, it
+revokes with ``wait=``: ``revoke()`` returns once every live app process has
+reported applying the revocation. Stops all it started. Exit status 0 only if
+every process rejected every revoked token and confirmed the last one.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .client import RevocationClient
-from .errors import TokenRevoked
+from .errors import PropagationTimeout, TokenRevoked
 from .redis_server import RedisServer
 from .revoker import Revoker
 from .settings import Settings, to_environment
@@ -139,6 +141,29 @@ def _recv(conn: Connection) -> Any:
     return conn.recv()
 
 
+def _confirmation(revoker: Revoker, issuer: TokenIssuer, pids: list[int], out: Any) -> bool:
+    """``revoke(..., wait=)``: returns once every live app process has applied it."""
+    print("\npropagation confirmation: revoke(token=..., wait=2.0)", file=out)
+    started = time.monotonic()
+    try:
+        record = revoker.revoke(token=issuer.issue("frank"), reason="demo", wait=2.0)
+    except PropagationTimeout as exc:
+        print(f"NOT CONFIRMED: {exc}", file=out)
+        return False
+    took = time.monotonic() - started
+    live = revoker.live_clients()
+    print(
+        f"returned {took * 1000:.2f} ms after the call, once all {len(live)} live app "
+        f"processes had applied seq {record.seq} (commit, relay, apply, presence report):",
+        file=out,
+    )
+    for member in sorted(live, key=lambda m: m.pid):
+        print(f"  pid {member.pid:<8} {member.id:<28} applied seq {member.applied_seq}", file=out)
+    return sorted(m.pid for m in live) == sorted(pids) and all(
+        m.applied_seq >= record.seq for m in live
+    )
+
+
 def _scenario(
     settings: Settings, apps: list[tuple[Any, Connection]], pids: list[int], out: Any
 ) -> int:
@@ -184,11 +209,12 @@ def _scenario(
         for _, conn in apps:
             conn.send(("accepts", fresh))
         after_ok = all(_recv(conn)[1]["issued after"] for _, conn in apps)
-    print(
-        f"\na token issued after revoke(everyone=True) is "
-        f"{'accepted' if after_ok else 'REJECTED'} by every process",
-        file=out,
-    )
-    ok &= after_ok
+        print(
+            f"\na token issued after revoke(everyone=True) is "
+            f"{'accepted' if after_ok else 'REJECTED'} by every process",
+            file=out,
+        )
+        ok &= after_ok
+        ok &= _confirmation(revoker, issuer, pids, out)
     print("demo passed" if ok else "demo FAILED", file=out)
     return 0 if ok else 1
