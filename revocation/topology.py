@@ -180,10 +180,16 @@ class Topology:
             self._resolved = (time.monotonic(), primary, replicas)
         return primary, replicas
 
-    def _resolve_standalone(self) -> tuple[Node, list[Node]]:
+    def _standalone_primary(self) -> tuple[Node, bool]:
+        """The server the URL names, and whether it is a unix socket."""
         kwargs = parse_url(self._url)
-        primary = Node(str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)))
-        if "path" in kwargs:  # unix socket: no replicas to find
+        if "path" in kwargs:
+            return Node(str(kwargs["path"]), 0), True
+        return Node(str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379))), False
+
+    def _resolve_standalone(self) -> tuple[Node, list[Node]]:
+        primary, unix = self._standalone_primary()
+        if unix:  # no replicas to find
             return primary, []
         probe = redis.Redis.from_url(self._url, **self._probe_options())
         try:
@@ -212,6 +218,10 @@ class Topology:
             replicas = sentinel.discover_slaves(self.service)
         except redis.RedisError as exc:
             raise NoNodeFound(f"sentinels: no master for {self.service!r}: {exc}") from exc
+        finally:
+            # Asked at most once a second: no sentinel connection is kept open between.
+            for client in sentinel.sentinels:
+                client.connection_pool.disconnect()
         return Node(str(host), int(port)), [Node(str(h), int(p), replica=True) for h, p in replicas]
 
     def _resolve_cluster(self) -> tuple[Node, list[Node]]:
@@ -284,6 +294,8 @@ class Topology:
 
     def subscriber_node(self, prefer: Literal["primary", "replica"]) -> Node:
         """Where a client subscribes: the master, or a random replica when asked for one."""
+        if self.kind == "standalone" and prefer == "primary":
+            return self._standalone_primary()[0]  # the URL's server: nothing to ask
         primary, replicas = self._resolve()
         if prefer == "replica" and replicas:
             return random.choice(replicas)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from revocation import ConfigError, RevocationClient, Settings
+from revocation.topology import Topology
 
 KEY = "k" * 32
 
@@ -93,3 +94,46 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
     for name, value in to_environment(original).items():
         monkeypatch.setenv(name, value)
     assert Settings() == original
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "seeds", "service"),
+    [
+        ("redis://127.0.0.1:6379/0", "standalone", [], ""),
+        ("unix:///run/redis.sock?db=1", "standalone", [], ""),
+        (
+            "redis+sentinel://s1:26379,s2/mymaster",
+            "sentinel",
+            [("s1", 26379), ("s2", 26379)],
+            "mymaster",
+        ),
+        ("rediss+sentinel://u:p@s1:5000/m/2?ssl_cert_reqs=none", "sentinel", [("s1", 5000)], "m"),
+        ("redis+cluster://n1:7000,n2:7001", "cluster", [("n1", 7000), ("n2", 7001)], ""),
+        ("rediss+cluster://[::1]:7000", "cluster", [("::1", 7000)], ""),
+    ],
+)
+def test_redis_urls_name_the_topology(
+    url: str, kind: str, seeds: list[tuple[str, int]], service: str
+) -> None:
+    topology = Topology(Settings(redis_url=url))
+    assert topology.kind == kind
+    assert [(n.host, n.port) for n in topology.seeds] == seeds
+    assert topology.service == service
+    assert topology.sharded == (kind == "cluster")
+    assert topology.tls == url.startswith("rediss")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+sentinel://s1:26379", "name the Sentinel service"),
+        ("redis+cluster://n1:7000/3", "a cluster has only db 0"),
+        ("redis+cluster://n1:port", "bad host:port"),
+        ("redis+cluster://", "no cluster node named"),
+        ("http://localhost", "must start with redis://"),
+    ],
+)
+def test_bad_topology_urls_are_config_errors(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        Topology(Settings(redis_url=url))
+    assert raised.value.field == "redis_url"
