@@ -8,7 +8,9 @@
 - ``GET /profile``: stateless verification (``check_database=False``).
 - ``POST /transfer`` and ``GET /balance``: verification with ``check_database=True``.
 - ``POST /admin/revoke`` with ``X-Admin-Key``: one of ``{"token"|"jti"|
-  "session_handle"|"user_id": ..., "everyone": true}``.
+  "session_handle"|"user_id": ..., "everyone": true}``, and ``"wait": 2`` to answer
+  only once every live app process applied it (504 naming those behind if not).
+- ``GET /metrics`` with ``REVOCATION_METRICS=true``: this process's client metrics.
 
 Every response carries ``X-Pid``, the serving worker process.
 """
@@ -21,12 +23,16 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 
-from revocation import Revoker, Session, Settings, TokenIssuer
+from revocation import PropagationTimeout, Revoker, Session, Settings, TokenIssuer
 from revocation.fastapi import init_app, verify_session
 
 settings = Settings()
 app = FastAPI(title="revocation example")
 init_app(app, settings)
+if settings.metrics:
+    from prometheus_client import make_asgi_app
+
+    app.mount("/metrics", make_asgi_app())
 issuer = TokenIssuer(settings)
 revoker = Revoker(settings)
 ADMIN_KEY = os.environ.get("REVOCATION_ADMIN_KEY", "")
@@ -75,4 +81,8 @@ async def admin_revoke(
         revocation = await revoker.arevoke(**body)
     except (TypeError, ValueError) as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
+    except PropagationTimeout as exc:
+        raise HTTPException(
+            status_code=504, detail={"error": str(exc), "behind": [m.id for m in exc.behind]}
+        ) from exc
     return revocation.model_dump()

@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, abort, g, jsonify, request
 
-from revocation import Revoker, Settings, TokenIssuer
+from revocation import PropagationTimeout, Revoker, Settings, TokenIssuer
 from revocation.flask import FlaskRevocation, verify_session
 
 settings = Settings()
@@ -63,4 +63,6 @@ def admin_revoke() -> Any:
         revocation = revoker.revoke(**request.get_json(force=True))
     except (TypeError, ValueError) as exc:
         return {"message": str(exc)}, 400
+    except PropagationTimeout as exc:  # with "wait": some app processes are behind
+        return {"message": str(exc), "behind": [m.id for m in exc.behind]}, 504
     return revocation.model_dump()

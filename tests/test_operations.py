@@ -397,3 +397,24 @@ def test_logs_can_be_json_lines_with_structured_fields(
     assert dropped[0]["logger"] == "revocation.listener"
     assert dropped[0]["level"] == "WARNING" and "dropped bus message" in dropped[0]["message"]
     assert dropped[0]["time"].endswith("+00:00")
+
+
+def test_unreadable_presence_entries_are_left_out_not_fatal(
+    make_settings: Callable[..., Settings], start_worker: Callable[..., WorkerThread]
+) -> None:
+    settings = make_settings(presence_interval=0.2)
+    start_worker(settings)  # prunes every 0.2 s
+    with RevocationClient(settings) as client, Revoker(settings) as revoker:
+        assert client.wait_synced(5)
+        raw, keys = revoker._store.client, revoker._store.keys
+        raw.hset(keys.clients, "garbage", b"\xff not json")
+        raw.hset(keys.clients, "no-date", b'{"id": "no-date", "ttl": 5}')
+        raw.hset(keys.clients, "wrong-types", b'{"seen_at": "soon", "ttl": []}')
+        assert [m.id for m in revoker.live_clients()] == [client.id]
+        revoker.revoke(jti="still-confirmed", wait=5)  # the junk does not hold it up
+        # The worker prunes them with the dead.
+        assert poll(lambda: raw.hkeys(keys.clients) == [client.id.encode()], 5)
+        done = cli("status", "--json", settings=settings)
+        assert done.returncode == 0 and [c["id"] for c in json.loads(done.stdout)["clients"]] == [
+            client.id
+        ]
