@@ -278,6 +278,14 @@ class SentinelGroup:
                     return int(port)
         raise LookupError("no sentinel answered")
 
+    def agreed_master_port(self) -> int | None:
+        """The master every sentinel names, or None while they disagree."""
+        ports = {
+            int(s.client().sentinel_get_master_addr_by_name(self.SERVICE)[1])
+            for s in self.sentinels
+        }
+        return ports.pop() if len(ports) == 1 else None
+
     def current(self) -> tuple[Server, Server]:
         """``(master, replica)`` as the sentinels see them now."""
         port = self.master_port()
@@ -289,6 +297,8 @@ class SentinelGroup:
         """Every sentinel knows the other two, and the master's replica is in sync."""
 
         def healthy() -> bool:
+            if self.agreed_master_port() is None:
+                return False
             replica = self.current()[1]
             for sentinel in self.sentinels:
                 client = sentinel.client()
@@ -309,7 +319,9 @@ class SentinelGroup:
         """SIGKILL the master; returns it and the replica the sentinels promote."""
         master, replica = self.current()
         master.kill()
-        wait_for(lambda: self.master_port() == replica.port, 30, "the sentinels' failover")
+        # Every sentinel, not just one: a sentinel still naming the old master when
+        # it comes back (empty: these servers keep no data) would hand it the role again.
+        wait_for(lambda: self.agreed_master_port() == replica.port, 30, "the sentinels' failover")
         wait_for(
             lambda: replica.client().execute_command("ROLE")[0] == b"master",
             30,
@@ -317,10 +329,23 @@ class SentinelGroup:
         )
         return master, replica
 
-    def restart(self, server: Server) -> None:
-        """Bring a killed server back; the sentinels make it a replica of the new master."""
+    def restart(self, server: Server, *, for_another_failover: bool = True) -> None:
+        """Bring a killed server back; the sentinels make it a replica of the new master.
+
+        Sentinels refresh a replica's state only every 10 s: waiting until they count
+        it as healthy (which another failover needs) takes that long. Without
+        ``for_another_failover``, this returns once the replica is in sync.
+        """
         server.start()
-        self.wait_healthy()
+        if for_another_failover:
+            self.wait_healthy()
+            return
+
+        def in_sync() -> bool:
+            info = server.client().info("replication")
+            return bool(info["role"] == "slave" and info["master_link_status"] == "up")
+
+        wait_for(in_sync, 30, "the restarted server to replicate the new master")
 
     def stop(self) -> None:
         for server in [*self.sentinels, self.replica, self.master]:
