@@ -271,6 +271,8 @@ def test_a_failover_during_a_burst_loses_no_confirmed_revocation(
         _assert_nothing_confirmed_is_lost(settings, burst, clients)
         assert burst.failures > 0  # the kill did interrupt commits
         assert master_port() != first_master
+        # Both saw the new master's epoch and reloaded the log.
+        assert all(c.status().rebases >= 1 for c in clients), [c.status() for c in clients]
     finally:
         for client in clients:
             client.close()

@@ -65,7 +65,7 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
         self._client: redis.Redis | None = None
 
-    def start(self) -> Server:
+    def start(self, *extra: str) -> Server:
         command = [shutil.which("redis-server") or "redis-server"]
         if self._sentinel_conf is not None:
             conf = self.directory / "sentinel.conf"
@@ -74,7 +74,7 @@ class Server:
             command += [str(conf), "--sentinel"]
         else:
             command += ["--port", str(self.port)]
-        command += ["--bind", "127.0.0.1", "--dir", str(self.directory), *self._args]
+        command += ["--bind", "127.0.0.1", "--dir", str(self.directory), *self._args, *extra]
         log = (self.directory / "server.log").open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -238,6 +238,9 @@ class SentinelGroup:
     """One master, one replica, three sentinels watching service ``SERVICE``."""
 
     SERVICE = "revocation"
+    DOWN_AFTER_MS = 1500
+    """Seen here with 500: on a loaded 2-core machine the sentinels also judged the
+    *promoted* replica down for a moment, and failed back to the old master."""
 
     def __init__(self) -> None:
         self._root = Path(tempfile.mkdtemp(prefix="revocation-sentinel-"))
@@ -257,7 +260,7 @@ class SentinelGroup:
             self.replica.start().client().replicaof("127.0.0.1", self.master.port)
             conf = (
                 f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 2\n"
-                f"sentinel down-after-milliseconds {self.SERVICE} 500\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {self.SERVICE} 5000\n"
                 f"sentinel parallel-syncs {self.SERVICE} 1\n"
             )
@@ -327,25 +330,41 @@ class SentinelGroup:
             30,
             "the promoted replica to take the master role",
         )
+        # And no failover attempt left in progress anywhere: a sentinel still in one
+        # can pick the returning server as the replica to promote (seen here).
+        wait_for(
+            lambda: (
+                not any(
+                    "failover_in_progress" in s.client().sentinel_master(self.SERVICE)["flags"]
+                    for s in self.sentinels
+                )
+            ),
+            30,
+            "every sentinel to end its failover",
+        )
         return master, replica
 
     def restart(self, server: Server, *, for_another_failover: bool = True) -> None:
-        """Bring a killed server back; the sentinels make it a replica of the new master.
+        """Bring a killed server back as a replica of the master every sentinel names.
 
-        Sentinels refresh a replica's state only every 10 s: waiting until they count
-        it as healthy (which another failover needs) takes that long. Without
-        ``for_another_failover``, this returns once the replica is in sync.
+        It starts as a replica (``--replicaof``), as an operator brings back a master
+        that lost its data: left to return as a master, it waits up to tens of seconds
+        for the sentinels to convert it. Sentinels refresh a replica's state every 10 s,
+        so waiting until they count it healthy (which another failover needs) takes
+        that long; without ``for_another_failover`` this returns once it is in sync.
         """
-        server.start()
-        if for_another_failover:
-            self.wait_healthy()
-            return
+        port = wait_for(self.agreed_master_port, 30, "the sentinels to agree on a master")
+        server.start("--replicaof", "127.0.0.1", str(port))
 
         def in_sync() -> bool:
             info = server.client().info("replication")
             return bool(info["role"] == "slave" and info["master_link_status"] == "up")
 
-        wait_for(in_sync, 30, "the restarted server to replicate the new master")
+        # Seen here: a sentinel may still send the returning server REPLICAOF NO ONE
+        # right after it starts, and the others take ~12 s to make it a replica again.
+        wait_for(in_sync, 60, "the restarted server to replicate the new master")
+        if for_another_failover:
+            self.wait_healthy()
 
     def stop(self) -> None:
         for server in [*self.sentinels, self.replica, self.master]:
