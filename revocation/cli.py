@@ -115,7 +115,7 @@ def render(state: dict[str, Any]) -> Group:
         ("live log entries", state["log"]),
         ("records: token / session / user / all",
          f"{state['token']} / {state['session']} / {state['user']} / {state['all']}"),
-        ("subscribed connections", state["subscribers"]),
+        ("subscribers on the master", state["subscribers"]),
     ):  # fmt: skip
         store.add_row(name, str(value))
     workers = Table(title=f"workers ({len(state['workers'])})")
