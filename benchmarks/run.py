@@ -24,7 +24,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from benchmarks.common import CHARTS, DOCS, Section, machine  # noqa: E402
 
-MODULES = ["verify", "propagation", "throughput", "memory", "http_load", "fanout"]
+MODULES = ["verify", "propagation", "throughput", "memory", "http_load", "fanout", "confirmation"]
 
 
 def _saved(name: str) -> Path:

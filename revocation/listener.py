@@ -134,8 +134,18 @@ class Listener:
                 # master (or the replica picked) may be another server.
                 node = topology.subscriber_node(self._settings.subscribe_from)
                 pools = [topology.node_pool(node, "listener") for _ in range(2)]
+                store = Store(redis.Redis.from_pool(pools[1]), self._settings.namespace)
+                if node.replica and not _in_sync(store):
+                    # A replica still loading (or cut off from its master) would serve
+                    # an empty or old store and relay nothing: use the master this time.
+                    self.counts["replicas_skipped"] += 1
+                    for pool in pools:
+                        pool.disconnect()
+                    node = topology.primary()
+                    pools = [topology.node_pool(node, "listener") for _ in range(2)]
+                    store = Store(redis.Redis.from_pool(pools[1]), self._settings.namespace)
+                self._store = store
                 connection = pools[0].make_connection()
-                self._store = Store(redis.Redis.from_pool(pools[1]), self._settings.namespace)
                 connection.connect()
                 connection.send_command(topology.subscribe_command, self._channel)
                 poller = select.poll()
@@ -339,3 +349,13 @@ class Listener:
                 self._on_report()  # it may hold a revocation someone waits for
         self._refresh()
         self._on_change()
+
+
+def _in_sync(store: Store) -> bool:
+    """Whether the replica behind ``store`` is connected to its master (``ROLE``)."""
+    client: Any = store.client
+    try:
+        role = client.execute_command("ROLE")
+    except redis.ResponseError:  # ROLE not allowed for this user: cannot tell
+        return True
+    return bool(role[0] == b"slave" and role[3] == b"connected")

@@ -185,19 +185,19 @@ class Revoker:
         A client counts as live while its last presence report is younger than
         its ttl (3 ``presence_interval``): a process that died, or froze, for
         longer drops out of the list, and a frozen one is stale (it asks the
-        store) once it runs again. No live client at all: returns ``[]`` at once.
+        store) once it runs again. The clients waited for are those live when the
+        wait starts (one started later catches up from the store, which has the
+        revocation). No live client at all: returns ``[]`` at once.
 
         Raises:
             PropagationTimeout: some live clients had not applied it after
                 ``timeout`` seconds; ``.behind`` lists them.
         """
         deadline = time.monotonic() + timeout
-        pause = 0.002
-        while True:
-            live = self.live_clients()
-            behind = [m for m in live if m.applied_seq < revocation.seq]
-            if not behind:
-                return live
+        pause = 0.0005
+        live = self.live_clients()
+        behind = [m for m in live if m.applied_seq < revocation.seq]
+        while behind:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 names = ", ".join(
@@ -209,8 +209,18 @@ class Revoker:
                     revocation=revocation,
                     behind=behind,
                 )
-            time.sleep(min(pause, remaining))  # reports arrive within ~1 ms of applying
+            time.sleep(min(pause, remaining))  # reports come ~1 ms after the commit
             pause = min(pause * 1.5, 0.05)
+            # Only the clients still behind are read again; one that ages out meanwhile
+            # (dead, or frozen past its ttl: stale, so it asks the store) drops out.
+            try:
+                current, _ = presence.members(
+                    self._store.client, self._store.keys, "client", [m.id for m in behind]
+                )
+            except redis.RedisError as exc:
+                raise StoreUnavailable(f"presence not readable: {exc}") from exc
+            behind = [m for m in current if m.applied_seq < revocation.seq]
+        return live
 
     def _commit(self, args: list[list[Any]]) -> list[Revocation]:
         settings = self._settings

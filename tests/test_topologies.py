@@ -125,6 +125,29 @@ def test_clients_subscribe_through_a_replica_and_still_get_everything(
         worker.stop()
 
 
+def test_a_replica_out_of_sync_is_passed_over_for_the_master(
+    make_settings: Callable[..., Settings],
+    worker: WorkerThread,
+    issuer: TokenIssuer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica still loading, or cut off from its master, holds an empty or old
+    store and relays nothing: a client picking it subscribes to the master instead."""
+    # A replica of a port nobody listens on: never connected, never synced.
+    with RedisServer(extra_args=["--replicaof", "127.0.0.1", "1"]) as lost:
+        replica = Node("127.0.0.1", int(lost.url.rsplit(":", 1)[1].split("/")[0]), replica=True)
+        monkeypatch.setattr(Topology, "subscriber_node", lambda self, prefer: replica)
+        settings = make_settings(subscribe_from="replica")
+        with RevocationClient(settings) as client, Revoker(settings) as revoker:
+            assert client.wait_synced(10), client.status()
+            assert "(replica)" not in str(client.status().node)
+            assert client._listener.counts["replicas_skipped"] >= 1
+            token = issuer.issue("alice")
+            assert client.wait_applied(revoker.revoke(token=token).seq, 5)
+            with pytest.raises(TokenRevoked):
+                client.verify(token, check_database=True)
+
+
 @pytest.mark.parametrize("kind", ["cluster", "sentinel"])
 def test_replica_acks_make_revoke_wait_for_a_replica(
     kind: str, request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
