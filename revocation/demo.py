@@ -183,7 +183,7 @@ def _scenario(
     header = f"{'revoked':<9}" + "".join(f"{'pid ' + str(p):>12}" for p in pids)
     print("\ntime from revoke() returning to rejection, per app process", file=out)
     print(header + f"{'stateless verify':>19}", file=out)
-    ok = True
+    ok, negative = True, False
     with Revoker(settings) as revoker:
         for kind, revoke in revocations.items():
             watched = {kind: tokens[kind]}
@@ -203,8 +203,15 @@ def _scenario(
                     cells.append("NOT REJECTED")
                 else:
                     cells.append(f"{(at - returned) * 1000:.2f} ms")
+                    negative |= at < returned
             line = f"{kind:<9}" + "".join(f"{c:>12}" for c in cells)
             print(line + f"{'accepts' if stateless_ok else 'REJECTS':>19}", file=out)
+        if negative:
+            print(
+                "(a negative time: that process rejected the token before this one, "
+                "descheduled after the commit, saw revoke() return)",
+                file=out,
+            )
         fresh = {"issued after": issuer.issue("erin")}
         for _, conn in apps:
             conn.send(("accepts", fresh))

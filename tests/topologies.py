@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from revocation.redis_server import free_port
+from revocation.redis_server import find_system_binary, free_port
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -41,7 +41,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def tools_available() -> str | None:
     """Why the topologies cannot run here, or None when they can."""
-    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    server, cli = find_system_binary("redis-server"), find_system_binary("redis-cli")
     if server is None or cli is None:
         return "needs the system redis-server and redis-cli"
     version = subprocess.run(
@@ -66,7 +66,7 @@ class Server:
         self._client: redis.Redis | None = None
 
     def start(self, *extra: str) -> Server:
-        command = [shutil.which("redis-server") or "redis-server"]
+        command = [find_system_binary("redis-server") or "redis-server"]
         if self._sentinel_conf is not None:
             conf = self.directory / "sentinel.conf"
             if not conf.exists():  # sentinel rewrites it; keep its state on restart
@@ -156,7 +156,7 @@ class Cluster:
                 node.start()
             subprocess.run(
                 [
-                    shutil.which("redis-cli") or "redis-cli",
+                    find_system_binary("redis-cli") or "redis-cli",
                     "--cluster",
                     "create",
                     *(f"127.0.0.1:{n.port}" for n in self.nodes),
