@@ -11,12 +11,19 @@ import contextlib
 import gc
 import os
 import platform
+import secrets
 import statistics
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from revocation import Settings
+from revocation.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -34,6 +41,29 @@ class Section:
     notes: list[str] = field(default_factory=list)
     charts: list[str] = field(default_factory=list)  # file names under docs/benchmarks/
     data: dict[str, Any] = field(default_factory=dict)  # raw figures, for the summary
+
+
+def private_settings(server: RedisServer, **overrides: Any) -> Settings:
+    """Settings for a benchmark on ``server``: fresh keys, a namespace of its own."""
+    return Settings(
+        redis_url=server.url,
+        namespace=f"bench-{uuid.uuid4().hex[:8]}",
+        signing_key=secrets.token_urlsafe(32),
+        event_key=secrets.token_urlsafe(32),
+        **overrides,
+    )
+
+
+def start_worker_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The publisher worker in its own process, as deployed (not competing for this GIL).
+
+    ``env``: the settings' ``REVOCATION_*`` variables (``to_environment``).
+    """
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.publisher"],
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT), "REVOCATION_LOG_LEVEL": "WARNING"},
+    )
 
 
 def stop_children(children: Sequence[tuple[Any, Any]]) -> None:

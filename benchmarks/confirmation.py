@@ -23,15 +23,20 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import secrets
-import subprocess
-import sys
 import time
 import uuid
 from multiprocessing.connection import Connection
 from typing import Any
 
-from benchmarks.common import ROOT, Section, ms, percentile, stop_children, summary
+from benchmarks.common import (
+    Section,
+    ms,
+    percentile,
+    private_settings,
+    start_worker_process,
+    stop_children,
+    summary,
+)
 from revocation import PropagationTimeout, RevocationClient, Revoker, Settings
 from revocation.redis_server import RedisServer
 from revocation.settings import to_environment
@@ -184,18 +189,9 @@ def run(quick: bool, charts: bool = False) -> Section:
     data: dict[str, Any] = {"trials": trials, "wait": WAIT, "pause": PAUSE}
     notes: list[str] = []
     with RedisServer() as server:
-        settings = Settings(
-            redis_url=server.url,
-            namespace=f"bench-{uuid.uuid4().hex[:8]}",
-            signing_key=secrets.token_urlsafe(32),
-            event_key=secrets.token_urlsafe(32),
-        )
+        settings = private_settings(server)
         env = to_environment(settings)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "workers.publisher"],
-            cwd=ROOT,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT), "REVOCATION_LOG_LEVEL": "WARNING"},
-        )
+        worker = start_worker_process(env)
         try:
             for processes in sizes:
                 figures = _scenario(settings, env, processes, trials)

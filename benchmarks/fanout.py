@@ -35,7 +35,6 @@ import selectors
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -47,7 +46,7 @@ from typing import Any
 import orjson
 import redis
 
-from benchmarks.common import CHARTS, ROOT, Section, stop_children
+from benchmarks.common import CHARTS, Section, start_worker_process, stop_children
 from revocation import RevocationClient, Revoker, Settings
 from revocation.events import Codec, bus_key
 from revocation.redis_server import RedisServer, find_redis_server, free_port
@@ -544,14 +543,6 @@ def _revoke_paced(revoker: Revoker, count: int, batch: int, until: float, start:
     return calls * batch
 
 
-def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "workers.publisher"],
-        cwd=ROOT,
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT), "REVOCATION_LOG_LEVEL": "WARNING"},
-    )
-
-
 def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
     if worker.poll() is None:
         worker.terminate()
@@ -657,7 +648,7 @@ def _client_costs(server: RedisServer, quick: bool) -> dict[str, Any]:
     seconds = 0.3 if quick else 6.0
     count = 60 if quick else 1500
     rounds = 1 if quick else 2
-    worker = _start_worker(env)
+    worker = start_worker_process(env)
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     app = context.Process(target=_app, args=(env, child), daemon=True)
@@ -1065,7 +1056,7 @@ def _replica(
         idle_seconds=0.1 if quick else 1.0,
         reps=1 if quick else 3,
     )
-    worker = _start_worker(to_environment(settings))
+    worker = start_worker_process(to_environment(settings))
     try:
         out["store_path"]["0"] = _store_path(
             settings, primary, alone, [], seconds=seconds, count=count

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import secrets
-import subprocess
-import sys
 import time
 import uuid
 from multiprocessing.connection import Connection
@@ -31,7 +28,15 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import CHARTS, ROOT, Section, ms, percentile, stop_children
+from benchmarks.common import (
+    CHARTS,
+    Section,
+    ms,
+    percentile,
+    private_settings,
+    start_worker_process,
+    stop_children,
+)
 from revocation import RevocationClient, Revoker, Settings, TokenIssuer
 from revocation.redis_server import RedisServer
 from revocation.settings import to_environment
@@ -137,20 +142,11 @@ def run(quick: bool, charts: bool) -> Section:
     data: dict[str, Any] = {}
     notes = []
     with RedisServer() as server:
-        settings = Settings(
-            redis_url=server.url,
-            namespace=f"bench-{uuid.uuid4().hex[:8]}",
-            signing_key=secrets.token_urlsafe(32),
-            event_key=secrets.token_urlsafe(32),
-        )
+        settings = private_settings(server)
         env = to_environment(settings)
         token = TokenIssuer(settings).issue("busy-user")
         # The worker in its own process, as deployed: not competing for this one's GIL.
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "workers.publisher"],
-            cwd=ROOT,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT), "REVOCATION_LOG_LEVEL": "WARNING"},
-        )
+        worker = start_worker_process(env)
         try:
             for processes, busy in scenarios:
                 floor_each, ours_each, floor_all, ours_all = _trials(

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import secrets
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,7 +21,7 @@ from multiprocessing.connection import Connection
 
 import redis
 
-from benchmarks.common import ROOT, Section, stop_children
+from benchmarks.common import Section, private_settings, start_worker_process, stop_children
 from revocation import RevocationClient, Revoker, Settings
 from revocation.redis_server import RedisServer
 from revocation.settings import to_environment
@@ -70,18 +67,9 @@ def run(quick: bool, charts: bool) -> Section:
     total = 5_000 if quick else 100_000
     clients = 2 if quick else 8
     with RedisServer() as server:
-        settings = Settings(
-            redis_url=server.url,
-            namespace=f"bench-{uuid.uuid4().hex[:8]}",
-            signing_key=secrets.token_urlsafe(32),
-            event_key=secrets.token_urlsafe(32),
-        )
+        settings = private_settings(server)
         env = to_environment(settings)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "workers.publisher"],
-            cwd=ROOT,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT), "REVOCATION_LOG_LEVEL": "WARNING"},
-        )
+        worker = start_worker_process(env)
         context = multiprocessing.get_context("spawn")
         children = []
         try:

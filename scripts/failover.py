@@ -68,7 +68,6 @@ import redis  # noqa: E402
 
 from revocation import (  # noqa: E402
     NotReplicated,
-    Publisher,
     RevocationClient,
     RevocationUnavailable,
     Revoker,
@@ -81,6 +80,7 @@ from revocation import (  # noqa: E402
 from revocation.store import Store  # noqa: E402
 from revocation.topology import Topology  # noqa: E402
 from tests import topologies  # noqa: E402
+from tests.conftest import WorkerThread  # noqa: E402
 from tests.topologies import Cluster, SentinelGroup, Server, tools_available  # noqa: E402
 
 HARNESS_SOURCE = Path(topologies.__file__).read_bytes()
@@ -112,25 +112,6 @@ def make_settings(redis_url: str, replica_acks: int) -> Settings:
         fallback_timeout=0.2,
         replica_acks=replica_acks,
     )
-
-
-class WorkerThread:
-    """A Publisher running in a thread of this process (as in tests/conftest.py)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.publisher = Publisher(settings)
-        self.thread = threading.Thread(target=self.publisher.run, daemon=True)
-
-    def start(self) -> WorkerThread:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.publisher.stop()
-        self.thread.join(timeout=10)
-        if self.thread.is_alive():
-            raise RuntimeError("the worker thread did not stop")
-        self.publisher.close()
 
 
 class Burst:
