@@ -135,13 +135,12 @@ class Topology:
                 raise ConfigError(
                     "invalid settings: redis_url: a cluster has only db 0", field="redis_url"
                 )
-        # Data-node connections take the URL's credentials and TLS options; a
-        # template URL with the host left to fill in.
+        # Data-node connections take the URL's credentials and TLS options.
         passthrough = {k: v for k, v in query.items() if not k.startswith("sentinel_")}
         q = "&".join(f"{quote(k)}={quote(v[-1])}" for k, v in passthrough.items())
-        self._template = (
-            f"{'rediss' if self.tls else 'redis'}://{userinfo + '@' if userinfo else ''}"
-            "{host}:{port}/" + db + (f"?{q}" if q else "")
+        self._around = (
+            f"{'rediss' if self.tls else 'redis'}://{userinfo + '@' if userinfo else ''}",
+            f"/{db}" + (f"?{q}" if q else ""),
         )
         self._sentinel_auth = {
             k.removeprefix("sentinel_"): v[-1]
@@ -262,7 +261,7 @@ class Topology:
         kwargs = {**options(self._settings, purpose), **overrides}
         if self.kind == "standalone":
             return redis.Redis.from_url(self._url, **kwargs)
-        base = parse_url(self._template.format(host="localhost", port=0))
+        base = parse_url(self._node_url(Node("localhost", 0)))
         base.update(kwargs)
         base.pop("host", None)
         base.pop("port", None)
@@ -279,8 +278,7 @@ class Topology:
         kwargs = {**options(self._settings, purpose), **overrides}
         if self.kind == "standalone" and not node.replica:
             return ConnectionPool.from_url(self._url, **kwargs)
-        template = self._template if self.kind != "standalone" else _with_host(self._url)
-        base = parse_url(template.format(host=node.host, port=node.port))
+        base = parse_url(self._node_url(node))
         base.update(kwargs)
         tls = base.pop("connection_class", None) is SSLConnection or self.tls
         if self.kind == "cluster" and node.replica:
@@ -288,6 +286,18 @@ class Topology:
         elif tls:
             base["connection_class"] = SSLConnection
         return ConnectionPool(**base)
+
+    def _node_url(self, node: Node) -> str:
+        """The URL of ``node`` with the credentials and options of ``redis_url``."""
+        if self.kind == "standalone":
+            parts = urlsplit(self._url)
+            userinfo = parts.netloc.rpartition("@")[0]
+            before = f"{parts.scheme}://{userinfo + '@' if userinfo else ''}"
+            after = parts.path + (f"?{parts.query}" if parts.query else "")
+        else:
+            before, after = self._around
+        host = f"[{node.host}]" if ":" in node.host else node.host
+        return f"{before}{host}:{node.port}{after}"
 
     def _redis_for(self, node: Node, purpose: Purpose, **overrides: Any) -> redis.Redis:
         return redis.Redis.from_pool(self.node_pool(node, purpose, **overrides))
@@ -314,15 +324,6 @@ def _node(item: str, default_port: int) -> Node:
         raise ConfigError(
             f"invalid settings: redis_url: bad host:port {item!r}", field="redis_url"
         ) from None
-
-
-def _with_host(url: str) -> str:
-    """A standalone URL with its host and port replaced by ``{host}:{port}`` placeholders."""
-    parts = urlsplit(url)
-    userinfo, _, _ = parts.netloc.rpartition("@")
-    netloc = (userinfo + "@" if userinfo else "") + "{host}:{port}"
-    rest = parts.path + (f"?{parts.query}" if parts.query else "")
-    return f"{parts.scheme}://{netloc}{rest}"
 
 
 class _FollowingConnection(Connection):

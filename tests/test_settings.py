@@ -137,3 +137,24 @@ def test_bad_topology_urls_are_config_errors(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as raised:
         Topology(Settings(redis_url=url))
     assert raised.value.field == "redis_url"
+
+
+def test_node_urls_keep_credentials_and_options_whatever_their_characters() -> None:
+    from redis.connection import parse_url
+
+    from revocation.topology import Node
+
+    cluster = Topology(
+        Settings(redis_url="rediss+cluster://app:p%7Bw%7D@n1:7000?ssl_cert_reqs=none")
+    )
+    url = cluster._node_url(Node("::1", 7001))
+    assert parse_url(url)["password"] == "p{w}" and parse_url(url)["host"] == "::1"
+    assert parse_url(url)["ssl_cert_reqs"] == "none"
+    standalone = Topology(Settings(redis_url="redis://:pa{ss}@primary:6379/2"))
+    replica = parse_url(standalone._node_url(Node("replica", 6380, replica=True)))
+    assert (replica["password"], replica["host"], replica["port"], replica["db"]) == (
+        "pa{ss}",
+        "replica",
+        6380,
+        2,
+    )
