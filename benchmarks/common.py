@@ -66,6 +66,20 @@ def start_worker_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+class AppliedTimes:
+    """An ``on_applied`` hook: the monotonic time each seq was applied in this process."""
+
+    def __init__(self) -> None:
+        self.times: dict[int, float] = {}
+        self.last = 0
+
+    def __call__(self, seq: int) -> None:
+        now = time.monotonic()
+        for s in range(self.last + 1, seq + 1):
+            self.times[s] = now
+        self.last = max(self.last, seq)
+
+
 def stop_children(children: Sequence[tuple[Any, Any]]) -> None:
     """Ask spawned app processes (process, pipe) to stop; terminate the ones that do not."""
     for process, conn in children:

@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from benchmarks.common import (
+    AppliedTimes,
     Section,
     ms,
     percentile,
@@ -52,23 +53,15 @@ WARMUP = 3
 def _child(env: dict[str, str], conn: Connection) -> None:
     """One app process: a client that records when each seq was applied here."""
     os.environ.update(env)
-    applied: dict[int, float] = {}
-    last = [0]
-
-    def on_applied(seq: int) -> None:
-        now = time.monotonic()
-        for s in range(last[0] + 1, seq + 1):
-            applied[s] = now
-        last[0] = max(last[0], seq)
-
-    client = RevocationClient(Settings(), on_applied=on_applied).start()
+    applied = AppliedTimes()
+    client = RevocationClient(Settings(), on_applied=applied).start()
     synced = client.wait_synced(30)
-    last[0] = max(last[0], client.status().applied_seq)
+    applied.last = max(applied.last, client.status().applied_seq)
     conn.send(("ready", synced, client.id, os.getpid()))
     while True:
         command = conn.recv()
         if command == "report":
-            conn.send(dict(applied))
+            conn.send(dict(applied.times))
         elif command == "stop":
             break
     client.close()

@@ -30,6 +30,7 @@ import redis
 
 from benchmarks.common import (
     CHARTS,
+    AppliedTimes,
     Section,
     ms,
     percentile,
@@ -46,18 +47,11 @@ def _child(
     env: dict[str, str], floor_channel: str, busy: bool, token: str, conn: Connection
 ) -> None:
     os.environ.update(env)
-    ours: dict[int, float] = {}
+    ours = AppliedTimes()
     floor: dict[int, float] = {}
-    last = [0]
-
-    def on_applied(seq: int) -> None:
-        now = time.monotonic()
-        for s in range(last[0] + 1, seq + 1):
-            ours[s] = now
-        last[0] = max(last[0], seq)
 
     settings = Settings()
-    client = RevocationClient(settings, on_applied=on_applied).start()
+    client = RevocationClient(settings, on_applied=ours).start()
     subscriber = redis.Redis.from_url(settings.redis_url)
     pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(
@@ -65,7 +59,7 @@ def _child(
     )
     thread = pubsub.run_in_thread(sleep_time=1.0, daemon=True)
     synced = client.wait_synced(30)
-    last[0] = client.status().applied_seq
+    ours.last = client.status().applied_seq
     conn.send(("ready", synced))
     while True:
         if busy:
@@ -74,7 +68,7 @@ def _child(
                     client.verify(token, check_database=True)
         command = conn.recv()
         if command == "report":
-            conn.send((dict(ours), dict(floor)))
+            conn.send((dict(ours.times), dict(floor)))
         elif command == "stop":
             break
     thread.stop()
