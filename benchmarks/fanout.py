@@ -501,12 +501,9 @@ def _presence(
         _wait_replicated(primary, replicas)
         elapsed = time.monotonic() - started
         offset1 = int(primary.info("replication")["master_repl_offset"])
-        run = {
-            name: max(0.0, (_cpu(node) - before[name] - idle[name] * elapsed) / writes)
-            for name, node in nodes.items()
-        }
-        run["repl_bytes"] = (offset1 - offset0) / writes
-        runs.append(run)
+        runs.append(
+            _costs(nodes, before, idle, elapsed, count=writes, repl_bytes=offset1 - offset0)
+        )
     result: dict[str, Any] = {
         name: statistics.median(run[name] for run in runs) for name in runs[0]
     }
@@ -590,12 +587,9 @@ def _store_path(
             _wait_replicated(primary, replicas)
             elapsed = time.monotonic() - started
             offset1 = int(primary.info("replication")["master_repl_offset"])
-            run = {
-                name: max(0.0, (_cpu(node) - before[name] - idle[name] * elapsed) / count)
-                for name, node in nodes.items()
-            }
-            run["repl_bytes"] = (offset1 - offset0) / count
-            runs.append(run)
+            runs.append(
+                _costs(nodes, before, idle, elapsed, count=count, repl_bytes=offset1 - offset0)
+            )
         result: dict[str, Any] = {
             name: statistics.median(run[name] for run in runs) for name in runs[0]
         }
@@ -846,6 +840,24 @@ def _mixed(
 
 
 # -- the run ----------------------------------------------------------------------------
+
+
+def _costs(
+    nodes: dict[str, Any],
+    before: dict[str, float],
+    idle: dict[str, float],
+    elapsed: float,
+    *,
+    count: int,
+    repl_bytes: int,
+) -> dict[str, float]:
+    """Per operation: each node's CPU seconds less its idle rate, and replication bytes."""
+    run = {
+        name: max(0.0, (_cpu(node) - before[name] - idle[name] * elapsed) / count)
+        for name, node in nodes.items()
+    }
+    run["repl_bytes"] = repl_bytes / count
+    return run
 
 
 def _memory(node: redis.Redis) -> int:
